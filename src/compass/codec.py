@@ -1,0 +1,134 @@
+"""The single-layer learned codec: Minnen 2018 mean-scale hyperprior with gain units for continuous rate.
+
+One model covers every rate: a quality q in [0, 1] selects (by geometric interpolation between learned levels)
+a gain vector that scales the latent y before quantization and its inverse after, and a hyper gain for z
+(Cui et al., CVPR 2021). The same class serves as the base-layer codec and as the residual codec of every
+enhancement layer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .entropy import EntropyBottleneck, GaussianConditional
+from .layers import GDN, Analysis, Synthesis, conv, deconv, size_chain
+from .quality import check_quality, interpolate_log_gains
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything needed to rebuild a codec: N (transform width), M (latent channels), gain levels."""
+
+    N: int = 64
+    M: int = 96
+    levels: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CODEC_SIZES = {
+    "cpu": CodecConfig(N=64, M=96),
+    "paper": CodecConfig(N=128, M=192),
+    "tiny": CodecConfig(N=8, M=12, levels=3),
+}
+
+
+def _as_q(q, batch: int, device) -> torch.Tensor:
+    q = torch.as_tensor(q, dtype=torch.float32, device=device)
+    return q.expand(batch) if q.dim() == 0 else q
+
+
+class MeanScaleHyperprior(nn.Module):
+    """Mean-scale hyperprior without context model; `forward` trains, `compress`/`decompress` write real bits."""
+
+    def __init__(self, config: CodecConfig = CodecConfig()):
+        super().__init__()
+        self.config = config
+        N, M, L = config.N, config.M, config.levels
+        self.g_a = Analysis([conv(3, N), conv(N, N), conv(N, N), conv(N, M)], [GDN(N), GDN(N), GDN(N)])
+        self.g_s = Synthesis([deconv(M, N), deconv(N, N), deconv(N, N), deconv(N, 3)],
+                             [GDN(N, inverse=True), GDN(N, inverse=True), GDN(N, inverse=True)])
+        self.h_a = Analysis([conv(M, N, 3, 1), conv(N, N), conv(N, N)],
+                            [nn.LeakyReLU(inplace=True), nn.LeakyReLU(inplace=True)])
+        self.h_s = Synthesis([deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, 2 * M, 3, 1)],
+                             [nn.LeakyReLU(inplace=True), nn.LeakyReLU(inplace=True)])
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional()
+        # log-gains per level; initial spread ~ sqrt(lambda range) so every q starts at a different rate
+        spread = torch.linspace(-0.5, 0.5, L)[:, None] * math.log(5.0)
+        self.log_gain = nn.Parameter(spread.repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-spread.repeat(1, M))
+        self.log_hyper_gain = nn.Parameter(torch.zeros(L, N))
+        self.log_hyper_inv_gain = nn.Parameter(torch.zeros(L, N))
+
+    def gains(self, q: torch.Tensor):
+        return (interpolate_log_gains(self.log_gain, q), interpolate_log_gains(self.log_inv_gain, q),
+                interpolate_log_gains(self.log_hyper_gain, q), interpolate_log_gains(self.log_hyper_inv_gain, q))
+
+    @staticmethod
+    def latent_sizes(height: int, width: int):
+        """(sizes of the 4 image-side stages, sizes of the 2 hyper stages); the last entries are y's and z's."""
+        img = size_chain(height, width, 4)
+        hyp = size_chain(*img[-1], 2)
+        return img, hyp
+
+    def _hyper_synthesis(self, z_hat, hyper_inv_gain, hyp_sizes):
+        params = self.h_s(z_hat * hyper_inv_gain, hyp_sizes[-2::-1])
+        scales, means = params.chunk(2, 1)
+        return scales, means
+
+    def forward(self, x: torch.Tensor, q) -> dict:
+        """Training pass: x in [0, 1], q scalar or (B,). Returns x_hat (unclamped), y_hat, likelihoods."""
+        q = _as_q(q, x.shape[0], x.device)
+        gain, inv_gain, hgain, hinv = self.gains(q)
+        img, hyp = self.latent_sizes(*x.shape[-2:])
+        y = self.g_a(x) * gain
+        z = self.h_a(y) * hgain
+        z_hat, z_lik = self.entropy_bottleneck(z)
+        scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+        y_hat, y_lik = self.gaussian_conditional(y, scales, means)
+        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
+        return {"x_hat": x_hat, "y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
+
+    def update(self) -> None:
+        """Build the integer probability tables of both entropy models (call after training or loading)."""
+        self.entropy_bottleneck.update()
+        self.gaussian_conditional.update()
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, q: float) -> dict:
+        """Code one image (1, 3, H, W) at quality q: {"strings": [y_bytes, z_bytes], "shape": (H, W), "y_hat"}."""
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise ValueError("compress takes one image shaped (1, C, H, W)")
+        q = _as_q(check_quality(q), 1, x.device)
+        gain, _, hgain, hinv = self.gains(q)
+        img, hyp = self.latent_sizes(*x.shape[-2:])
+        y = self.g_a(x) * gain
+        z = self.h_a(y) * hgain
+        z_string = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_string, hyp[-1])
+        scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_string = self.gaussian_conditional.compress(y, indexes, means)
+        y_hat = torch.round(y - means) + means
+        return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "y_hat": y_hat}
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], shape: tuple[int, int], q: float) -> dict:
+        """Inverse of `compress`: {"x_hat": (1, 3, H, W) unclamped, "y_hat"}."""
+        q = _as_q(check_quality(q), 1, self.log_gain.device)
+        _, inv_gain, _, hinv = self.gains(q)
+        img, hyp = self.latent_sizes(*shape)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], hyp[-1])
+        scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means)
+        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
+        return {"x_hat": x_hat, "y_hat": y_hat}

@@ -1,0 +1,104 @@
+"""Building blocks of the transforms: GDN/IGDN, strided convolutions and the odd-size pad-and-crop rule.
+
+Odd sides: before each stride-2 stage an odd side gets one pixel of replicate padding (right/bottom); the
+matching transposed convolution is cropped back to the recorded size. Any size from 1x1 is coded without
+padding to a multiple of 64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def halve(size: int) -> int:
+    """Side length after one stride-2 stage (odd sides are padded by one pixel first)."""
+    return (size + 1) // 2
+
+
+def size_chain(height: int, width: int, stages: int) -> list[tuple[int, int]]:
+    """Sizes before each of `stages` stride-2 stages, plus the final size: stages + 1 entries."""
+    sizes = [(height, width)]
+    for _ in range(stages):
+        h, w = sizes[-1]
+        sizes.append((halve(h), halve(w)))
+    return sizes
+
+
+def pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad the right/bottom edge by one pixel where a side is odd."""
+    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle et al. 2016), simplified parametrization.
+
+    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2), or its inverse (IGDN) with multiplication.
+    beta and gamma are kept non-negative by a squared reparametrization with a small floor.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = inverse
+        self.pedestal = 2.0**-36
+        self.beta_bound = (beta_min + self.pedestal) ** 0.5
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.clamp(min=self.beta_bound) ** 2 - self.pedestal
+        gamma = self.gamma.clamp(min=self.pedestal**0.5) ** 2 - self.pedestal
+        c = gamma.shape[0]
+        norm = F.conv2d(x * x, gamma.view(c, c, 1, 1), beta)
+        norm = torch.sqrt(norm)
+        return x * norm if self.inverse else x / norm
+
+
+class Analysis(nn.Module):
+    """A stack of stride-2 convolutions, each preceded by the odd-side replicate padding."""
+
+    def __init__(self, convs: list[nn.Module], acts: list[nn.Module]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.acts = nn.ModuleList(acts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, c in enumerate(self.convs):
+            if c.stride[0] == 2:
+                x = pad_even(x)
+            x = c(x)
+            if i < len(self.acts):
+                x = self.acts[i](x)
+        return x
+
+
+class Synthesis(nn.Module):
+    """A stack of transposed convolutions, each cropped to the size recorded for its stage."""
+
+    def __init__(self, convs: list[nn.Module], acts: list[nn.Module]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.acts = nn.ModuleList(acts)
+
+    def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """`sizes`: output size of every stride-2 stage in order (from the matching analysis, reversed)."""
+        sizes = iter(sizes)
+        for i, c in enumerate(self.convs):
+            x = c(x)
+            if c.stride[0] == 2:
+                h, w = next(sizes)
+                x = x[..., :h, :w]
+            if i < len(self.acts):
+                x = self.acts[i](x)
+        return x

@@ -1,0 +1,39 @@
+"""The one quality mapping: q in [0, 1] -> lambda, and q -> gain-unit interpolation weights.
+
+Training and coding both read it from here, so a q written into a file always means the same rate point.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+LAMBDA_MIN = 0.0018
+LAMBDA_MAX = 0.0483
+
+
+def check_quality(q: float) -> float:
+    """Return q as a float, or raise ValueError when it is outside [0, 1] or not finite."""
+    q = float(q)
+    if not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        raise ValueError(f"quality must be in [0, 1], got {q}")
+    return q
+
+
+def q_to_lambda(q):
+    """Log-linear map from q (float or tensor) to the RD trade-off lambda of the loss R + lambda * 255^2 * MSE."""
+    return LAMBDA_MIN * (LAMBDA_MAX / LAMBDA_MIN) ** q
+
+
+def interpolate_log_gains(log_gains: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Gains for qualities q (shape (B,)) from per-level log-gains (shape (L, C)): (B, C, 1, 1).
+
+    Levels sit at q = l / (L - 1); between two levels the gains are interpolated geometrically
+    (linear in the log domain), as in Cui et al. (CVPR 2021).
+    """
+    levels = log_gains.shape[0]
+    pos = q.to(log_gains.dtype).clamp(0, 1) * (levels - 1)
+    lo = pos.floor().clamp(max=levels - 2).long()
+    t = (pos - lo.to(pos.dtype)).unsqueeze(1)
+    g = log_gains[lo] * (1 - t) + log_gains[lo + 1] * t
+    return g.exp()[:, :, None, None]

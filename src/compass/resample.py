@@ -1,0 +1,69 @@
+"""The one resampler (antialiased bicubic) and the layer-size plan.
+
+Every layer image I^k is the input downscaled directly to (H^k, W^k) with `resize`; training and coding
+share it. It is torch's antialiased bicubic (a = -0.5, the kernel Pillow uses for RGB), computed in float and
+rounded to 8 bits, so a lower layer is exactly the rendition a server would otherwise store.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], quantize: bool = True) -> torch.Tensor:
+    """Resize (B, C, H, W) in [0, 1] to `size` with antialiased bicubic; rounds to 8-bit levels by default."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        y = x
+    else:
+        y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return torch.round(y * 255) / 255 if quantize else y
+
+
+def upsample_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Plain bicubic interpolation (the predictor of the no-LIFF ablation); not clamped, not quantized."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+
+def pyramid(x: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Layer images I^0..I^K, each downscaled directly from x (the top size may equal x's own)."""
+    return [resize(x, s) for s in sizes]
+
+
+def plan_from_fractions(height: int, width: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
+    """Layer sizes from fractions of the input size (e.g. 0.25, 0.5, 1)."""
+    return _checked([(max(1, round(height * f)), max(1, round(width * f))) for f in fractions], height, width)
+
+
+def plan_from_scales(height: int, width: int, scales: Sequence[float | tuple[float, float]]) -> list[tuple[int, int]]:
+    """Layer sizes from factors between adjacent layers, the top layer being the input size.
+
+    A factor may be a pair (vertical, horizontal). E.g. scales (1.6, 2.4) on 768x512 -> 3 layers.
+    """
+    sizes = [(height, width)]
+    for s in reversed(list(scales)):
+        sy, sx = (s, s) if isinstance(s, (int, float)) else s
+        h, w = sizes[0]
+        sizes.insert(0, (max(1, round(h / sy)), max(1, round(w / sx))))
+    return _checked(sizes, height, width)
+
+
+def _checked(sizes: list[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
+    for a, b in zip(sizes, sizes[1:]):
+        if b[0] < a[0] or b[1] < a[1]:
+            raise ValueError(f"layer sizes must not shrink: {sizes}")
+    for h, w in sizes:
+        if h > height or w > width:
+            raise ValueError(f"layer {h}x{w} is larger than the {height}x{width} input")
+    return sizes
+
+
+def scale_token(src: tuple[int, int], dst: tuple[int, int]) -> tuple[float, float]:
+    """The LIFF scale token (2 H^{k-1} / H^k, 2 W^{k-1} / W^k)."""
+    return 2 * src[0] / dst[0], 2 * src[1] / dst[1]
+
+
+def geometric_middle(low: float, high: float) -> float:
+    return math.sqrt(low * high)

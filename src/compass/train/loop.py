@@ -1,0 +1,251 @@
+"""The training loop: resumable, atomic checkpoints, CSV log + learning-curve plot, torchrun-ready.
+
+Multi-process: launched by `torchrun`, every process trains on its own crops; gradients are averaged with one
+all-reduce per step (gloo on CPU, nccl on GPU), so replicas stay equal. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..paths import data_dir
+from .config import stage_config
+from .data import CropSampler, list_images, split, validation_crops
+from .stages import lr_at, make_stage
+
+CHECKPOINT_FORMAT = "compass-checkpoint/1"
+LOG_FIELDS = ["step", "elapsed_s", "kind", "q", "loss", "bpp", "psnr", "aux", "lr"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over the target."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_data(recipe: dict, override: str | None) -> Path:
+    folder = override or recipe["data"]["train"]
+    p = Path(folder)
+    return p if p.is_absolute() or p.exists() else data_dir(folder)
+
+
+def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = False, steps: int | None = None,
+          data: str | None = None, threads: int | None = None, init: dict | None = None,
+          progress: bool = True) -> dict:
+    """Train one stage of `recipe` into `run_dir`. Returns the final checkpoint dict.
+
+    `init`: state dicts by module name to start from (e.g. shipped weights) when not resuming.
+    """
+    rank, world = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    cfg = stage_config(recipe, stage_name)
+    if steps is not None:
+        cfg["steps"] = steps
+    tcfg = recipe["train"]
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    log_path = run_dir / "log.csv"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    seed = int(recipe.get("seed", 0))
+    torch.manual_seed(seed)
+    stage = make_stage(stage_name, recipe, cfg, device)
+    params, aux_params = stage.parameters(), stage.aux_parameters()
+    opt = torch.optim.Adam(params, lr=cfg["lr"])
+    aux_opt = torch.optim.Adam(aux_params, lr=tcfg["aux_lr"]) if aux_params else None
+
+    files_train, files_val = split(list_images(resolve_data(recipe, data)), recipe["data"]["val_count"])
+    sampler = CropSampler(files_train, cfg["crop"], seed=seed * 1000 + rank)
+    gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)
+    val = validation_crops(files_val, recipe["data"]["val_crop"]) if rank == 0 else None
+
+    step, elapsed = 0, 0.0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("stage") != stage_name:
+            raise ValueError(f"{ckpt_path} holds stage {ck.get('stage')!r}, not {stage_name!r}")
+        for name, m in stage.modules().items():
+            m.load_state_dict(ck["modules"][name])
+        opt.load_state_dict(ck["optimizer"])
+        if aux_opt is not None and ck.get("aux_optimizer"):
+            aux_opt.load_state_dict(ck["aux_optimizer"])
+        sampler.set_state(ck["sampler"][rank] if rank < len(ck["sampler"]) else ck["sampler"][0])
+        gen.set_state(ck["generator"])
+        step, elapsed = ck["step"], ck["elapsed_s"]
+        if rank == 0:
+            _truncate_log(log_path, step)
+            print(f"resumed {stage_name} at step {step} from {ckpt_path}")
+    elif init:
+        for name, m in stage.modules().items():
+            if name in init:
+                m.load_state_dict(init[name])
+    if world > 1:
+        for p in [*params, *aux_params]:
+            dist.broadcast(p.data, 0)
+
+    def checkpoint() -> dict:
+        samplers = [sampler.state()]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, sampler.state())
+            samplers = gathered
+        ck = {"format": CHECKPOINT_FORMAT, "recipe": recipe, "stage": stage_name, "stage_config": cfg,
+              "step": step, "elapsed_s": elapsed,
+              "modules": {n: m.state_dict() for n, m in stage.modules().items()},
+              "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict() if aux_opt else None,
+              "sampler": samplers, "generator": gen.get_state()}
+        if rank == 0:
+            save_atomic(ck, ckpt_path)
+            plot_log(log_path, run_dir / "curves.png")
+        return ck
+
+    log_file = open(log_path, "a", newline="") if rank == 0 else None
+    writer = csv.DictWriter(log_file, LOG_FIELDS) if log_file else None
+    if writer and log_path.stat().st_size == 0:
+        writer.writeheader()
+    bar = tqdm(total=cfg["steps"], initial=step, disable=not progress or rank != 0, desc=stage_name,
+               dynamic_ncols=True)
+    acc, acc_n = {}, 0
+    last_ckpt = time.monotonic()
+    t0 = time.monotonic() - elapsed
+    ck = None
+    try:
+        while step < cfg["steps"]:
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, aux, metrics = stage.train_step(sampler, gen)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} of stage {stage_name}; "
+                                    f"the last good checkpoint is intact at {ckpt_path}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                _average_gradients(params, world)
+            torch.nn.utils.clip_grad_norm_(params, tcfg["clip"])
+            opt.step()
+            if aux_opt is not None:
+                aux_opt.zero_grad(set_to_none=True)
+                aux.backward()
+                if world > 1:
+                    _average_gradients(aux_params, world)
+                aux_opt.step()
+                metrics["aux"] = aux.item()
+            step += 1
+            elapsed = time.monotonic() - t0
+            for k, v in metrics.items():
+                acc[k] = acc.get(k, 0.0) + v
+            acc_n += 1
+            bar.update(1)
+            if step % tcfg["log_every"] == 0 or step == cfg["steps"]:
+                row = {k: v / acc_n for k, v in acc.items()}
+                bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+                if writer:
+                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "train", "q": "",
+                                     "lr": lr, **{k: round(v, 5) for k, v in row.items() if k in LOG_FIELDS}})
+                    log_file.flush()
+                acc, acc_n = {}, 0
+            if rank == 0 and (step % tcfg["val_every"] == 0 or step == cfg["steps"]):
+                for row in stage.validate(val):
+                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "val", "lr": lr,
+                                     **{k: round(v, 5) for k, v in row.items()}})
+                log_file.flush()
+            due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
+            if world > 1:
+                flag = torch.tensor([float(due)])
+                dist.broadcast(flag, 0)
+                due = bool(flag.item())
+            if due:
+                ck = checkpoint()
+                last_ckpt = time.monotonic()
+        ck = checkpoint()
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    return ck
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_log(log_path: Path, out_path: Path) -> None:
+    """Learning curves from the CSV log: training loss, and validation bpp / PSNR per q."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log_path.exists():
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "val"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if train:
+        axes[0].plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train], lw=0.6)
+        axes[0].set_yscale("log")
+    axes[0].set(title="training loss", xlabel="step")
+    for q in sorted({r["q"] for r in val}):
+        vs = [r for r in val if r["q"] == q]
+        st = [int(r["step"]) for r in vs]
+        axes[1].plot(st, [float(r["bpp"]) for r in vs], marker=".", label=f"q={q}")
+        axes[2].plot(st, [float(r["psnr"]) for r in vs], marker=".", label=f"q={q}")
+    axes[1].set(title="validation bpp", xlabel="step")
+    axes[2].set(title="validation PSNR (dB)", xlabel="step")
+    if val:
+        axes[1].legend()
+        axes[2].legend()
+    fig.tight_layout()
+    tmp = out_path.with_name(out_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_path)

@@ -1,0 +1,18 @@
+"""compass: a neural spatially scalable image codec (COMPASS, Park, Lee, Kim, ICCV 2023).
+
+One file holds an image at several resolutions; a reader decodes only the layers it needs.
+`compass.encode`, `compass.decode` and `compass.Compass` load torch on first use, so importing the package
+(or `compass.bitstream`, which is pure Python) stays cheap.
+"""
+__all__ = ["Compass", "decode", "encode", "extract", "info"]
+__version__ = "0.1.0"
+
+_LAZY = {"Compass": "api", "decode": "api", "encode": "api", "extract": "bitstream", "info": "bitstream"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'compass' has no attribute {name!r}")

@@ -1,8 +1,126 @@
-"""Command-line front end (argparse only; everything it does is callable from Python)."""
+"""Command-line front end: argument parsing and printing only; the work is done by the Python API.
+
+Exit codes: 0 success, 2 bad input or damaged data (one-line message; `--debug` shows the traceback),
+3 training stopped on a non-finite loss.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from .errors import CompassError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """'192x128,384x256' (width x height, as image sizes are usually written) -> [(h, w), ...]."""
+    out = []
+    for t in text.split(","):
+        try:
+            w, h = (int(v) for v in t.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"sizes are WIDTHxHEIGHT, got {t!r}") from None
+        out.append((h, w))
+    return out
+
+
+def _scales(text: str) -> list[float | tuple[float, float]]:
+    """'1.6,2.4' or '1.5x2.0' (horizontal x vertical) per step between layers -> factors (vertical, horizontal)."""
+    out = []
+    for t in text.split(","):
+        try:
+            parts = [float(v) for v in t.lower().split("x")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"scales are F or FxxFy, got {t!r}") from None
+        if len(parts) == 1:
+            out.append(parts[0])
+        elif len(parts) == 2:
+            out.append((parts[1], parts[0]))
+        else:
+            raise argparse.ArgumentTypeError(f"scales are F or FxxFy, got {t!r}")
+    return out
+
+
+def _codec(args):
+    from .api import Compass
+
+    return Compass(args.model, predictor=args.predictor)
+
+
+def _print_layers(meta: dict) -> None:
+    print(f"model {meta['model_name']} (id {meta['model_id']}), header {meta['header_bytes']} bytes, "
+          f"file {meta['file_bytes']} bytes")
+    for l in meta["layers"]:
+        status = "" if l["status"] == "ok" else f"  [{l['status']}]"
+        print(f"  layer {l['layer']}: {l['width']}x{l['height']}  q={l['quality']:.3f}  "
+              f"chunk {l['chunk_bytes']} B  total {l['total_bytes']} B  {l['bpp']:.4f} bpp{status}")
+
+
+def _encode(args) -> int:
+    from . import bitstream
+    from .imageio import atomic_write_bytes, load_image, same_file
+
+    if same_file(args.input, args.output):
+        raise CompassError(f"output {args.output} is the input file; choose another path")
+    image = load_image(args.input)
+    for message in image.warnings:
+        print(f"compass encode: warning: {message}", file=sys.stderr)
+    data = _codec(args).encode(image.pixels, layers=args.layers, sizes=args.sizes, scales=args.scales,
+                               quality=args.quality, qualities=args.qualities)
+    atomic_write_bytes(args.output, data)
+    if not args.quiet:
+        _print_layers(bitstream.info(data))
+    return 0
+
+
+def _decode(args) -> int:
+    from .imageio import save_image, same_file
+
+    if same_file(args.input, args.output):
+        raise CompassError(f"output {args.output} is the input file; choose another path")
+    data = _read(args.input)
+    codec = _codec(args)
+    if not args.all:
+        save_image(codec.decode(data, args.layer), args.output)
+        return 0
+    out = Path(args.output)
+    for k, img in enumerate(codec.layers(data)):
+        path = out.with_name(f"{out.stem}_L{k}{out.suffix}")
+        if same_file(args.input, path):
+            raise CompassError(f"output {path} is the input file; choose another path")
+        save_image(img, path)
+        if not args.quiet:
+            print(f"layer {k}: {img.shape[1]}x{img.shape[0]} -> {path}")
+    return 0
+
+
+def _info(args) -> int:
+    from . import bitstream
+
+    meta = bitstream.info(_read(args.input))
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        _print_layers(meta)
+    return 0
+
+
+def _extract(args) -> int:
+    from . import bitstream
+    from .imageio import atomic_write_bytes, same_file
+
+    if same_file(args.input, args.output):
+        raise CompassError(f"output {args.output} is the input file; choose another path")
+    atomic_write_bytes(args.output, bitstream.extract(_read(args.input), args.layer))
+    return 0
 
 
 def _train(args) -> int:
@@ -20,21 +138,84 @@ def _train(args) -> int:
     return 0
 
 
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CompassError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CompassError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise CompassError(f"{path}: permission denied") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compass", description="Neural spatially scalable image codec (COMPASS).")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="compass", description="Neural spatially scalable image codec (COMPASS): "
+                                "one file holds an image at several resolutions.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(sp):
+        sp.add_argument("--model", "--weights", dest="model", default="compass-cpu",
+                        help="registered model name or weights file (default: the shipped compass-cpu)")
+        sp.add_argument("--predictor", choices=["liff", "bicubic"], default="liff",
+                        help="inter-layer predictor (bicubic: the ablation)")
+        sp.add_argument("-q", "--quiet", action="store_true")
+
+    e = sub.add_parser("encode", help="encode an image into one file holding several resolutions")
+    e.add_argument("input")
+    e.add_argument("output")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--layers", type=_floats, help="fractions of the input size, e.g. 0.25,0.5,1 (default)")
+    g.add_argument("--sizes", type=_sizes, help="layer sizes WIDTHxHEIGHT, the last one the input's")
+    g.add_argument("--scales", type=_scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
+    e.add_argument("--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    e.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
+    model_args(e)
+    e.set_defaults(func=_encode)
+
+    d = sub.add_parser("decode", help="decode one layer (default: the top one) or all layers to PNG")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True, help="output image (--all writes NAME_L0.png, NAME_L1.png...)")
+    d.add_argument("--layer", type=int, default=-1, help="layer index; negative counts from the top")
+    d.add_argument("--all", action="store_true", help="decode every layer")
+    model_args(d)
+    d.set_defaults(func=_decode)
+
+    i = sub.add_parser("info", help="layers, sizes, bytes and bpp of a compass file")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    x = sub.add_parser("extract", help="keep layers 0..k of a file, without re-encoding")
+    x.add_argument("input")
+    x.add_argument("--layer", type=int, required=True)
+    x.add_argument("-o", "--output", required=True)
+    x.set_defaults(func=_extract)
+
     t = sub.add_parser("train", help="train one stage of a recipe (cpu, paper, or a TOML file)")
     t.add_argument("recipe")
-    t.add_argument("--stage", default="base")
+    t.add_argument("--stage", default="base", help="base, liff or joint")
     t.add_argument("--run-dir")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     t.add_argument("--steps", type=int, help="override the stage's step count")
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (CompassError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"compass {args.command}: {e}", file=sys.stderr)
+        return 2

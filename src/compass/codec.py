@@ -8,6 +8,7 @@ enhancement layer.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,6 +36,13 @@ CODEC_SIZES = {
     "paper": CodecConfig(N=128, M=192),
     "tiny": CodecConfig(N=8, M=12, levels=3),
 }
+
+
+def symbol_check(y_hat: torch.Tensor, means: torch.Tensor, z_hat: torch.Tensor, medians: torch.Tensor) -> int:
+    """CRC32 of the integer symbols (y then z) that were coded; encoder and decoder must agree on it."""
+    y_sym = torch.round(y_hat - means).to(torch.int32).cpu().numpy()
+    z_sym = torch.round(z_hat - medians.view(1, -1, 1, 1)).to(torch.int32).cpu().numpy()
+    return zlib.crc32(z_sym.astype("<i4").tobytes(), zlib.crc32(y_sym.astype("<i4").tobytes()))
 
 
 def _as_q(q, batch: int, device) -> torch.Tensor:
@@ -81,16 +89,19 @@ class MeanScaleHyperprior(nn.Module):
         scales, means = params.chunk(2, 1)
         return scales, means
 
-    def forward(self, x: torch.Tensor, q) -> dict:
-        """Training pass: x in [0, 1], q scalar or (B,). Returns x_hat (unclamped), y_hat, likelihoods."""
+    def forward(self, x: torch.Tensor, q, noise: bool | None = None) -> dict:
+        """Training pass: x in [0, 1], q scalar or (B,). Returns x_hat (unclamped), y_hat, likelihoods.
+
+        `noise` (default: self.training) picks uniform-noise likelihoods (training) or rounding (evaluation).
+        """
         q = _as_q(q, x.shape[0], x.device)
         gain, inv_gain, hgain, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*x.shape[-2:])
         y = self.g_a(x) * gain
         z = self.h_a(y) * hgain
-        z_hat, z_lik = self.entropy_bottleneck(z)
+        z_hat, z_lik = self.entropy_bottleneck(z, noise)
         scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
-        y_hat, y_lik = self.gaussian_conditional(y, scales, means)
+        y_hat, y_lik = self.gaussian_conditional(y, scales, means, noise)
         x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
         return {"x_hat": x_hat, "y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
@@ -104,11 +115,15 @@ class MeanScaleHyperprior(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, q: float) -> dict:
-        """Code one image (1, 3, H, W) at quality q: {"strings": [y_bytes, z_bytes], "shape": (H, W), "y_hat"}."""
+        """Code one image (1, 3, H, W) at quality q.
+
+        Returns {"strings": [y_bytes, z_bytes], "shape": (H, W), "check": symbol CRC, "x_hat": the decoder's
+        reconstruction (computed here because a scalable encoder predicts the next layer from it)}.
+        """
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError("compress takes one image shaped (1, C, H, W)")
         q = _as_q(check_quality(q), 1, x.device)
-        gain, _, hgain, hinv = self.gains(q)
+        gain, inv_gain, hgain, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*x.shape[-2:])
         y = self.g_a(x) * gain
         z = self.h_a(y) * hgain
@@ -118,11 +133,13 @@ class MeanScaleHyperprior(nn.Module):
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
         y_hat = torch.round(y - means) + means
-        return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "y_hat": y_hat}
+        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
+        check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
+        return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "check": check, "x_hat": x_hat}
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], q: float) -> dict:
-        """Inverse of `compress`: {"x_hat": (1, 3, H, W) unclamped, "y_hat"}."""
+        """Inverse of `compress`: {"x_hat": (1, 3, H, W) unclamped, "check": CRC of the decoded symbols}."""
         q = _as_q(check_quality(q), 1, self.log_gain.device)
         _, inv_gain, _, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*shape)
@@ -131,4 +148,5 @@ class MeanScaleHyperprior(nn.Module):
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means)
         x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
-        return {"x_hat": x_hat, "y_hat": y_hat}
+        check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
+        return {"x_hat": x_hat, "check": check}

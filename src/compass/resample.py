@@ -34,7 +34,7 @@ def pyramid(x: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Ten
 
 def plan_from_fractions(height: int, width: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
     """Layer sizes from fractions of the input size (e.g. 0.25, 0.5, 1)."""
-    return _checked([(max(1, round(height * f)), max(1, round(width * f))) for f in fractions], height, width)
+    return check_plan([(max(1, round(height * f)), max(1, round(width * f))) for f in fractions], height, width)
 
 
 def plan_from_scales(height: int, width: int, scales: Sequence[float | tuple[float, float]]) -> list[tuple[int, int]]:
@@ -47,10 +47,11 @@ def plan_from_scales(height: int, width: int, scales: Sequence[float | tuple[flo
         sy, sx = (s, s) if isinstance(s, (int, float)) else s
         h, w = sizes[0]
         sizes.insert(0, (max(1, round(h / sy)), max(1, round(w / sx))))
-    return _checked(sizes, height, width)
+    return check_plan(sizes, height, width)
 
 
-def _checked(sizes: list[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
+def check_plan(sizes: list[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
+    """Refuse plans whose sizes shrink from one layer to the next or exceed the input; returns `sizes`."""
     for a, b in zip(sizes, sizes[1:]):
         if b[0] < a[0] or b[1] < a[1]:
             raise ValueError(f"layer sizes must not shrink: {sizes}")

@@ -49,15 +49,15 @@ class CropSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def batch(self, size: int, crop: int | None = None) -> torch.Tensor:
-        """(size, 3, crop, crop) float in [0, 1]."""
-        c = crop or self.crop
-        out = np.empty((size, c, c, 3), np.uint8)
+    def batch(self, size: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
+        """(size, 3, ch, cw) float in [0, 1]; crop (ch, cw) defaults to the sampler's square crop."""
+        ch, cw = crop or (self.crop, self.crop)
+        out = np.empty((size, ch, cw, 3), np.uint8)
         for i in range(size):
             img = self.images[self.rng.integers(len(self.images))]
             h, w = img.shape[:2]
-            y, x = self.rng.integers(h - c + 1), self.rng.integers(w - c + 1)
-            patch = img[y:y + c, x:x + c]
+            y, x = self.rng.integers(h - ch + 1), self.rng.integers(w - cw + 1)
+            patch = img[y:y + ch, x:x + cw]
             if self.rng.random() < 0.5:
                 patch = patch[:, ::-1]
             if self.rng.random() < 0.5:

@@ -21,7 +21,7 @@ from .data import CropSampler, list_images, split, validation_crops
 from .stages import lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
-LOG_FIELDS = ["step", "elapsed_s", "kind", "q", "loss", "bpp", "psnr", "aux", "lr"]
+LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -110,6 +110,8 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         sampler.set_state(ck["sampler"][rank] if rank < len(ck["sampler"]) else ck["sampler"][0])
         gen.set_state(ck["generator"])
         step, elapsed = ck["step"], ck["elapsed_s"]
+        if hasattr(stage, "after_resume"):
+            stage.after_resume()
         if rank == 0:
             _truncate_log(log_path, step)
             print(f"resumed {stage_name} at step {step} from {ckpt_path}")
@@ -179,14 +181,14 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
                 row = {k: v / acc_n for k, v in acc.items()}
                 bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
                 if writer:
-                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "train", "q": "",
+                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "train", "setting": "",
                                      "lr": lr, **{k: round(v, 5) for k, v in row.items() if k in LOG_FIELDS}})
                     log_file.flush()
                 acc, acc_n = {}, 0
             if rank == 0 and (step % tcfg["val_every"] == 0 or step == cfg["steps"]):
                 for row in stage.validate(val):
                     writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "val", "lr": lr,
-                                     **{k: round(v, 5) for k, v in row.items()}})
+                                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}})
                 log_file.flush()
             due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
             if world > 1:
@@ -210,8 +212,11 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    for r in rows:  # logs of the first runs named the column "q"
+        if "q" in r:
+            r["setting"] = r.pop("q")
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
+        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -234,16 +239,17 @@ def plot_log(log_path: Path, out_path: Path) -> None:
         axes[0].plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train], lw=0.6)
         axes[0].set_yscale("log")
     axes[0].set(title="training loss", xlabel="step")
-    for q in sorted({r["q"] for r in val}):
-        vs = [r for r in val if r["q"] == q]
+    for setting in sorted({r.get("setting", r.get("q")) for r in val}):
+        vs = [r for r in val if r.get("setting", r.get("q")) == setting]
         st = [int(r["step"]) for r in vs]
-        axes[1].plot(st, [float(r["bpp"]) for r in vs], marker=".", label=f"q={q}")
-        axes[2].plot(st, [float(r["psnr"]) for r in vs], marker=".", label=f"q={q}")
-    axes[1].set(title="validation bpp", xlabel="step")
+        if any(r["bpp"] for r in vs):
+            axes[1].plot(st, [float(r["bpp"]) for r in vs], marker=".", label=setting)
+        axes[2].plot(st, [float(r["psnr"]) for r in vs], marker=".", label=setting)
+    axes[1].set(title="validation bpp (accumulated)", xlabel="step")
     axes[2].set(title="validation PSNR (dB)", xlabel="step")
-    if val:
-        axes[1].legend()
-        axes[2].legend()
+    for ax in axes[1:]:
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = out_path.with_name(out_path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)

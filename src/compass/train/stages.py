@@ -1,16 +1,25 @@
 """Training stages. Each owns its modules, its loss and its validation; the loop does the rest.
 
-base: the single-layer codec, rate-distortion loss with lambda(q) and q ~ U(0, 1) per sample.
+base:  the single-layer codec; RD loss with lambda(q), q ~ U(0, 1) per sample.
+liff:  LIFF pretrained as an arbitrary-scale upsampler (L1), on clean downscaled inputs.
+joint: LIFF + residual codec trained together with the combined RD loss (CRD) summed over all enhancement
+       layers; the base codec is frozen. Every step draws 2-4 layers at random factors in [1, 4].
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..codec import CodecConfig, MeanScaleHyperprior
+from ..liff import LIFF, LiffConfig
 from ..quality import q_to_lambda
+from ..resample import pyramid, resize, upsample_bicubic
+from ..scalable import ScalableCodec
 
 # channels_last is 10-25% faster for these convolutions on CPU (measured, docs/training.md)
 FORMAT = torch.channels_last
@@ -54,7 +63,11 @@ class BaseStage:
         return [p for n, p in self.codec.named_parameters() if n.endswith("quantiles")]
 
     def train_step(self, sampler, gen: torch.Generator):
-        x = sampler.batch(self.cfg["batch"]).to(self.device, memory_format=FORMAT)
+        crop = None
+        if sampler.rng.random() < self.cfg.get("odd_fraction", 0.0):
+            # any-size crops train the odd-side pad-and-crop path that square 2^k crops never reach
+            crop = tuple(int(v) for v in sampler.rng.integers(3 * self.cfg["crop"] // 4, self.cfg["crop"] + 1, 2))
+        x = sampler.batch(self.cfg["batch"], crop).to(self.device, memory_format=FORMAT)
         q = torch.rand(x.shape[0], generator=gen).to(self.device)
         self.codec.train()
         loss, metrics = rd_loss(self.codec(x, q), x, q)
@@ -72,11 +85,178 @@ class BaseStage:
                 _, m = rd_loss(self.codec(x, qq), x, qq)
                 for k in agg:
                     agg[k] += m[k] * x.shape[0] / val.shape[0]
-            rows.append({"q": q, **agg})
+            rows.append({"setting": f"q={q}", **agg})
         return rows
 
 
-STAGES = {"base": BaseStage}
+MIN_BASE_SIDE = 16
+
+
+def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None) -> list[tuple[int, int]]:
+    """A random layer plan for a top x top crop: 2-4 layers, factors U(1, 4) between neighbours.
+
+    A quarter of the plans use different vertical and horizontal factors. Plans whose base side would fall
+    below MIN_BASE_SIDE are redrawn.
+    """
+    n = layers or int(rng.choice([2, 3, 4], p=[0.45, 0.45, 0.10]))
+    unequal = rng.random() < 0.25
+    while True:
+        sizes = [(top, top)]
+        for _ in range(n - 1):
+            fy = rng.uniform(1, 4)
+            fx = rng.uniform(1, 4) if unequal else fy
+            h, w = sizes[0]
+            sizes.insert(0, (max(1, round(h / fy)), max(1, round(w / fx))))
+        if min(sizes[0]) >= MIN_BASE_SIDE:
+            return sizes
+
+
+def load_module_state(path: str | Path, module: str) -> dict:
+    """State dict of `module` from a training checkpoint (or a shipped weights file, via compass.weights)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "modules" in ck:
+        try:
+            return ck["modules"][module]
+        except KeyError:
+            raise KeyError(f"{path} has no module {module!r}; it has {sorted(ck['modules'])}") from None
+    from ..weights import state_from_weights
+    return state_from_weights(ck, module)
+
+
+class LiffStage:
+    """LIFF pretraining as an arbitrary-scale upsampler (L1 loss on clean downscaled inputs)."""
+
+    name = "liff"
+
+    def __init__(self, recipe: dict, cfg: dict, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.liff = LIFF(LiffConfig.from_dict(recipe["liff"])).to(device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"liff": self.liff}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.liff.parameters())
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def train_step(self, sampler, gen: torch.Generator):
+        x = sampler.batch(self.cfg["batch"]).to(self.device)
+        low, high = sample_sizes(sampler.rng, x.shape[-1], layers=2)
+        src, target = resize(x, low), resize(x, high)
+        self.liff.train()
+        pred = self.liff(src, high)
+        loss = (pred - target).abs().mean()
+        mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
+        return loss, None, {"loss": loss.item(), "bpp": 0.0, "psnr": psnr(mse).mean().item()}
+
+    @torch.no_grad()
+    def validate(self, val: torch.Tensor) -> list[dict]:
+        self.liff.eval()
+        rows = []
+        s = val.shape[-1]
+        for name, low in (("2.0x", (s // 2, s // 2)), ("3.2x", (round(s / 3.2),) * 2),
+                          ("1.5x|2.0x", (round(s / 1.5), s // 2))):
+            src = resize(val, low)
+            for method, pred in (("liff", self.liff(src, (s, s), 1 << 16)), ("bicubic", upsample_bicubic(src, (s, s)))):
+                mse = (pred.clamp(0, 1) - val).pow(2).flatten(1).mean(1)
+                rows.append({"setting": f"{method} {name}", "loss": 0.0, "bpp": "", "psnr": psnr(mse).mean().item()})
+        return rows
+
+
+class JointStage:
+    """LIFF + residual codec with the combined RD loss over all enhancement layers; frozen base codec."""
+
+    name = "joint"
+
+    def __init__(self, recipe: dict, cfg: dict, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        codec_cfg = CodecConfig(**recipe["codec"])
+        base = MeanScaleHyperprior(codec_cfg)
+        base.load_state_dict(load_module_state(cfg["base_from"], "codec"))
+        base.requires_grad_(False)
+        residual = MeanScaleHyperprior(codec_cfg)
+        if cfg.get("residual_from"):
+            residual.load_state_dict(load_module_state(cfg["residual_from"], "codec"))
+        liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
+        if cfg.get("liff_from"):
+            liff.load_state_dict(load_module_state(cfg["liff_from"], "liff"))
+        self.model = ScalableCodec(base, residual, liff).to(device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"base": self.model.base, "residual": self.model.residual, "liff": self.model.liff}
+
+    def after_resume(self) -> None:
+        """With `track_base`, reload the frozen base from `base_from` on every restart, so the enhancement
+        layers keep adapting while the base codec is still being trained elsewhere."""
+        if self.cfg.get("track_base"):
+            self.model.base.load_state_dict(load_module_state(self.cfg["base_from"], "codec"))
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters()
+                if p.requires_grad and not n.startswith("base.") and not n.endswith("quantiles")]
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.residual.named_parameters() if n.endswith("quantiles")]
+
+    def _train_mode(self, on: bool) -> None:
+        self.model.train(on)
+        self.model.base.eval()
+
+    def crd_loss(self, layers: list[torch.Tensor], q: torch.Tensor):
+        """Combined RD loss: sum over ELs of R^k + lambda * 255^2 * MSE^k (one lambda(q) for all layers)."""
+        out = self.model(layers, q)
+        lam = q_to_lambda(q) * 255**2
+        loss = 0
+        for k in range(1, len(layers)):
+            pixels = layers[k].shape[-2] * layers[k].shape[-1]
+            bpp = bits(out["likelihoods"][k]) / pixels
+            mse = (out["x_hat"][k] - layers[k]).pow(2).flatten(1).mean(1)
+            loss = loss + (bpp + lam * mse).mean()
+        top_mse = (out["x_hat"][-1].clamp(0, 1) - layers[-1]).pow(2).flatten(1).mean(1)
+        return loss, out, top_mse
+
+    def train_step(self, sampler, gen: torch.Generator):
+        x = sampler.batch(self.cfg["batch"]).to(self.device)
+        sizes = sample_sizes(sampler.rng, x.shape[-1])
+        layers = pyramid(x, sizes)
+        q = torch.rand(x.shape[0], generator=gen).to(self.device)
+        self._train_mode(True)
+        loss, out, top_mse = self.crd_loss(layers, q)
+        el_bits = sum(bits(l) for l in out["likelihoods"][1:])
+        metrics = {"loss": loss.item(), "bpp": (el_bits / (x.shape[-1] ** 2)).mean().item(),
+                   "psnr": psnr(top_mse).mean().item()}
+        return loss, self.model.residual.aux_loss(), metrics
+
+    @torch.no_grad()
+    def validate(self, val: torch.Tensor) -> list[dict]:
+        """Accumulated bpp (estimated, base + ELs, over the top layer's pixels) and top PSNR."""
+        self._train_mode(False)
+        s = val.shape[-1]
+        rows = []
+        for name, fracs in (("2L 2.0x", (0.5, 1.0)), ("3L 4.0x", (0.25, 0.5, 1.0))):
+            sizes = [(round(s * f), round(s * f)) for f in fracs]
+            for q in (0.0, 0.5, 1.0):
+                agg = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+                for i in range(0, val.shape[0], 4):
+                    x = val[i:i + 4].to(self.device)
+                    layers = pyramid(x, sizes)
+                    qq = torch.full((x.shape[0],), q, device=self.device)
+                    loss, out, top_mse = self.crd_loss(layers, qq)
+                    base_bits = bits(self.model.base(layers[0], qq, noise=False)["likelihoods"])
+                    total = base_bits + sum(bits(l) for l in out["likelihoods"][1:])
+                    w = x.shape[0] / val.shape[0]
+                    agg["loss"] += loss.item() * w
+                    agg["bpp"] += (total / s**2).mean().item() * w
+                    agg["psnr"] += psnr(top_mse).mean().item() * w
+                rows.append({"setting": f"{name} q={q}", **agg})
+        return rows
+
+
+STAGES = {"base": BaseStage, "liff": LiffStage, "joint": JointStage}
 
 
 def make_stage(name: str, recipe: dict, cfg: dict, device: torch.device):

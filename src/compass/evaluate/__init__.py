@@ -1,0 +1,1 @@
+"""Building blocks of `compass eval`: quality metrics, Bjontegaard deltas and classical baseline codecs."""

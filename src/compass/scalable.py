@@ -1,0 +1,93 @@
+"""The scalable model: a base-layer codec, then ONE enhancement-layer step (predictor + residual codec) in a loop.
+
+Layer 0 codes I^0 with the base codec. For k = 1..K the same weights predict I^k from the reconstruction of
+layer k-1 (LIFF, or plain bicubic for the ablation), code the residual I^k - prediction, and reconstruct
+Î^k = prediction + decoded residual. Reconstructions are not clamped between layers (only for output), as in
+the method. K, every layer size and every layer's quality are chosen at encode time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .codec import MeanScaleHyperprior
+from .liff import LIFF
+from .resample import upsample_bicubic
+
+
+@dataclass
+class LayerCode:
+    """One coded layer: the codec's strings and the check of its integer symbols."""
+
+    strings: list[bytes]
+    check: int
+
+
+class ScalableCodec(nn.Module):
+    """COMPASS. `liff=None` gives the ablation that predicts with bicubic upsampling instead."""
+
+    def __init__(self, base: MeanScaleHyperprior, residual: MeanScaleHyperprior, liff: LIFF | None,
+                 chunk: int = 1 << 16):
+        super().__init__()
+        self.base = base
+        self.residual = residual
+        self.liff = liff
+        self.chunk = chunk
+
+    def predict(self, x_prev: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Prediction of the next layer at `size` from the previous reconstruction."""
+        if self.liff is None:
+            return upsample_bicubic(x_prev, size)
+        chunk = None if self.training else self.chunk
+        return self.liff(x_prev, size, chunk)
+
+    def forward(self, layers: list[torch.Tensor], q) -> dict:
+        """Training pass over I^0..I^K (each (B, 3, H^k, W^k)). The base layer is coded with rounding, no grad.
+
+        Returns {"x_hat": [Î^0..Î^K], "pred": [None, Ǐ^1..], "likelihoods": [None, {y, z} per EL]}.
+        """
+        with torch.no_grad():
+            x_prev = self.base(layers[0], q, noise=False)["x_hat"]
+        x_hats, preds, liks = [x_prev], [None], [None]
+        for target in layers[1:]:
+            pred = self.predict(x_prev, tuple(target.shape[-2:]))
+            out = self.residual(target - pred, q)
+            x_prev = pred + out["x_hat"]
+            x_hats.append(x_prev)
+            preds.append(pred)
+            liks.append(out["likelihoods"])
+        return {"x_hat": x_hats, "pred": preds, "likelihoods": liks}
+
+    @torch.no_grad()
+    def compress(self, layers: list[torch.Tensor], qualities: list[float]) -> tuple[list[LayerCode], list[torch.Tensor]]:
+        """Code I^0..I^K (each (1, 3, H, W)) with one quality per layer; returns codes and reconstructions."""
+        if len(layers) != len(qualities):
+            raise ValueError("one quality per layer")
+        out = self.base.compress(layers[0], qualities[0])
+        codes, recons = [LayerCode(out["strings"], out["check"])], [out["x_hat"]]
+        for target, q in zip(layers[1:], qualities[1:]):
+            pred = self.predict(recons[-1], tuple(target.shape[-2:]))
+            out = self.residual.compress(target - pred, q)
+            codes.append(LayerCode(out["strings"], out["check"]))
+            recons.append(pred + out["x_hat"])
+        return codes, recons
+
+    @torch.no_grad()
+    def decompress_iter(self, codes: list[LayerCode], sizes: list[tuple[int, int]], qualities: list[float]):
+        """Yield (reconstruction, decoded symbol check) for layers 0, 1, ... as far as `codes` go."""
+        x_prev = None
+        for k, (code, size, q) in enumerate(zip(codes, sizes, qualities)):
+            if k == 0:
+                out = self.base.decompress(code.strings, size, q)
+                x_prev = out["x_hat"]
+            else:
+                pred = self.predict(x_prev, size)
+                out = self.residual.decompress(code.strings, size, q)
+                x_prev = pred + out["x_hat"]
+            yield x_prev, out["check"]
+
+    def update(self) -> None:
+        self.base.update()
+        self.residual.update()

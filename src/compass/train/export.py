@@ -1,0 +1,106 @@
+"""Export trained checkpoints as shipped weights (fp16, exact tables) and record them in the manifest.
+
+    python -m compass.train.export --base runs/cpu/base/checkpoint.pt --joint runs/cpu/joint/checkpoint.pt
+
+writes `compass-<recipe>-single.pt` (the single-layer codec) and `compass-<recipe>.pt` (the scalable model),
+with sha256, config, training steps, time and the last validation numbers in `pretrained/manifest.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..codec import CodecConfig, MeanScaleHyperprior
+from ..liff import LIFF, LiffConfig
+from ..weights import MANIFEST, PRETRAINED_DIR, export, manifest
+
+
+def _last_validation(run_dir: Path) -> list[dict]:
+    log = run_dir / "log.csv"
+    if not log.exists():
+        return []
+    with open(log, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "val"]
+    if not rows:
+        return []
+    last = rows[-1]["step"]
+    return [{"setting": r.get("setting", r.get("q")), "bpp_estimated": float(r["bpp"]) if r["bpp"] else None,
+             "psnr": float(r["psnr"])} for r in rows if r["step"] == last]
+
+
+def _stage_info(ck: dict, path: Path) -> dict:
+    return {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
+            "config": ck["stage_config"], "validation": _last_validation(path.parent)}
+
+
+def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:
+    m = MeanScaleHyperprior(CodecConfig(**cfg))
+    m.load_state_dict(state)
+    return m
+
+
+def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training: dict) -> None:
+    man = manifest()
+    man["models"][name] = {"file": path.name, "sha256": sha, "bytes": path.stat().st_size, "kind": kind,
+                           "config": configs, "training": training}
+    tmp = MANIFEST.with_name(MANIFEST.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(man, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, MANIFEST)
+
+
+def export_checkpoints(base: Path, joint: Path | None, out_dir: Path = PRETRAINED_DIR) -> list[str]:
+    """Write the single-layer (from `base`) and, if given, the scalable model (from `joint`). Returns names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ck = torch.load(base, map_location="cpu", weights_only=False)
+    recipe = ck["recipe"]
+    data = {"train": recipe["data"]["train"], "val_count": recipe["data"]["val_count"],
+            "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
+    names = []
+    name = f"compass-{recipe['name']}-single"
+    path = out_dir / f"{name}.pt"
+    configs = {"codec": recipe["codec"]}
+    training = {"recipe": recipe["name"], "data": data, "stages": [_stage_info(ck, base)]}
+    sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, name, path, training)
+    _record(name, path, sha, "single-layer", configs, training)
+    names.append(name)
+    if joint is not None:
+        jk = torch.load(joint, map_location="cpu", weights_only=False)
+        name = f"compass-{recipe['name']}"
+        path = out_dir / f"{name}.pt"
+        configs = {"codec": recipe["codec"], "liff": jk["recipe"]["liff"]}
+        liff = LIFF(LiffConfig.from_dict(jk["recipe"]["liff"]))
+        liff.load_state_dict(jk["modules"]["liff"])
+        stages = [_stage_info(ck, base)]
+        liff_ck = Path(jk["stage_config"].get("liff_from", ""))
+        if liff_ck.exists():
+            stages.append(_stage_info(torch.load(liff_ck, map_location="cpu", weights_only=False), liff_ck))
+        stages.append(_stage_info(jk, joint))
+        training = {"recipe": recipe["name"], "data": data, "stages": stages}
+        modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),
+                   "residual": _codec(jk["modules"]["residual"], recipe["codec"]), "liff": liff}
+        sha = export(modules, configs, name, path, training)
+        _record(name, path, sha, "scalable", configs, training)
+        names.append(name)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compass.train.export", description=__doc__.splitlines()[0])
+    p.add_argument("--base", type=Path, required=True, help="checkpoint of the base stage")
+    p.add_argument("--joint", type=Path, help="checkpoint of the joint stage (its frozen base is the one shipped)")
+    p.add_argument("--out", type=Path, default=PRETRAINED_DIR)
+    args = p.parse_args(argv)
+    for n in export_checkpoints(args.base, args.joint, args.out):
+        print(f"exported {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The weights registry: shipped files in `compass/pretrained/`, a manifest, sha256 checks, models rebuilt from config.
+
+A weights file is self-describing: it carries the config that rebuilds its model, so nothing here keeps a
+parallel table of architectures. Floating-point parameters are stored in fp16 (half the size); the integer
+probability tables are stored exactly and are rebuilt at export time from the fp16-rounded parameters, so the
+tables and the network that uses them always agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .codec import CodecConfig, MeanScaleHyperprior
+from .errors import CompassError
+from .liff import LIFF, LiffConfig
+from .scalable import ScalableCodec
+
+WEIGHTS_FORMAT = "compass-weights/1"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+MANIFEST = PRETRAINED_DIR / "manifest.json"
+DEFAULT_MODEL = "compass-cpu"
+DEFAULT_SINGLE = "compass-cpu-single"
+
+
+class WeightsError(CompassError):
+    """A weights file is missing, damaged, of an unknown format, or fails its sha256 check."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest() -> dict:
+    if not MANIFEST.exists():
+        return {"models": {}}
+    with open(MANIFEST) as f:
+        return json.load(f)
+
+
+def registered() -> list[str]:
+    return sorted(manifest()["models"])
+
+
+def _half_state(module: nn.Module) -> dict:
+    """State dict with parameters in fp16; buffers (tables, medians) keep their exact dtype."""
+    params = {name for name, _ in module.named_parameters()}
+    return {k: v.half() if k in params else v for k, v in module.state_dict().items()}
+
+
+def round_to_half(module: nn.Module) -> None:
+    """Round every float parameter to fp16 precision in place (what the shipped file will hold)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+
+
+def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | Path, info: dict | None = None) -> str:
+    """Write a weights file: fp16 parameters, exact tables rebuilt from them. Returns its sha256.
+
+    `modules`: {"base": codec} for a single-layer model, {"base", "residual", "liff"} for a scalable one.
+    `configs`: {"codec": CodecConfig dict, "liff": LiffConfig dict (scalable only)}.
+    """
+    for m in modules.values():
+        round_to_half(m)
+        if isinstance(m, MeanScaleHyperprior):
+            m.update()
+    obj = {"format": WEIGHTS_FORMAT, "name": name, "config": configs, "info": info or {},
+           "state": {k: _half_state(m) for k, m in modules.items()}}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def state_from_weights(obj: dict, module: str) -> dict:
+    """fp32 state dict of one module of a loaded weights object."""
+    alias = {"codec": "base"}
+    try:
+        state = obj["state"][module if module in obj["state"] else alias.get(module, module)]
+    except KeyError:
+        raise WeightsError(f"weights {obj.get('name')!r} have no module {module!r}") from None
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+
+
+def resolve(model: str | Path) -> tuple[Path, str | None]:
+    """(file, expected sha256) of a registered name, or (path, None) for a file given by path."""
+    entry = manifest()["models"].get(str(model))
+    if entry is not None:
+        return PRETRAINED_DIR / entry["file"], entry["sha256"]
+    path = Path(model)
+    if path.suffix == ".pt" or path.exists():
+        return path, None
+    known = ", ".join(registered()) or "none shipped"
+    raise WeightsError(f"unknown model {model!r} (registered: {known}); pass a weights file path instead")
+
+
+def load_weights(model: str | Path) -> tuple[dict, str]:
+    """Load a weights object, verifying a registered file's sha256. Returns (object, sha256 of the file)."""
+    path, expected = resolve(model)
+    if not path.exists():
+        raise WeightsError(f"weights file {path} is missing; restore it with `git checkout -- {path.name}` "
+                           f"in {path.parent} (or reinstall compass)")
+    digest = sha256_file(path)
+    if expected is not None and digest != expected:
+        raise WeightsError(f"weights file {path} fails its sha256 check (damaged or modified); restore it with "
+                           f"`git checkout -- {path}` or reinstall compass")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling failure means the same thing to the user
+        raise WeightsError(f"cannot read weights file {path}: {e.__class__.__name__}") from None
+    if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{path} is not a compass weights file (format {WEIGHTS_FORMAT})")
+    return obj, digest
+
+
+def build_codec(obj: dict, module: str = "base") -> MeanScaleHyperprior:
+    codec = MeanScaleHyperprior(CodecConfig(**obj["config"]["codec"]))
+    codec.load_state_dict(state_from_weights(obj, module))
+    return codec.eval()
+
+
+def build_scalable(obj: dict, predictor: str = "liff") -> ScalableCodec:
+    """The scalable model of a weights object; predictor "bicubic" swaps LIFF for bicubic (the ablation)."""
+    if "liff" not in obj["state"]:
+        raise WeightsError(f"weights {obj.get('name')!r} hold a single-layer codec, not a scalable model")
+    liff = None
+    if predictor == "liff":
+        liff = LIFF(LiffConfig.from_dict(obj["config"]["liff"]))
+        liff.load_state_dict(state_from_weights(obj, "liff"))
+    elif predictor != "bicubic":
+        raise ValueError(f"predictor must be 'liff' or 'bicubic', not {predictor!r}")
+    return ScalableCodec(build_codec(obj, "base"), build_codec(obj, "residual"), liff).eval()

@@ -1,0 +1,137 @@
+"""The scalable codec end to end: round trips at any number of layers and factors, prefixes, extract, errors."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from compass import bitstream
+from compass.api import Compass, DecodeMismatch, ModelMismatch
+from compass.imageio import to_pixels, to_tensor
+from compass.resample import pyramid
+
+from conftest import tiny_scalable_weights
+
+PLANS = {
+    "1 layer": dict(layers=[1.0]),
+    "2 layers 1.2x": dict(scales=[1.2]),
+    "3 layers 1.6x, 2.8x": dict(scales=[1.6, 2.8]),
+    "5 layers": dict(layers=[0.2, 0.3, 0.5, 0.7, 1.0]),
+    "unequal 1.5x wide, 2.0x tall": dict(scales=[(2.0, 1.5)]),
+}
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_round_trip_matches_encoder_reconstruction(tiny_codec, photo_pixels, plan):
+    """Every layer decodes to exactly what the encoder reconstructed (so its predictions stay in sync)."""
+    data = tiny_codec.encode(photo_pixels, quality=0.7, **PLANS[plan])
+    header, _ = bitstream.read_header(data)
+    sizes = [(l.height, l.width) for l in header.layers]
+    assert sizes[-1] == photo_pixels.shape[:2]
+    _, recons = tiny_codec.model.compress(pyramid(to_tensor(photo_pixels), sizes), [l.quality for l in header.layers])
+    decoded = tiny_codec.decode_all(data)
+    assert len(decoded) == len(sizes)
+    for k, (img, ref) in enumerate(zip(decoded, recons)):
+        assert img.shape == (*sizes[k], 3)
+        np.testing.assert_array_equal(img, to_pixels(ref))
+        np.testing.assert_array_equal(tiny_codec.decode(data, k), img)
+
+
+def test_unequal_factors_give_expected_sizes(tiny_codec, photo_pixels):
+    data = tiny_codec.encode(photo_pixels, scales=[(2.0, 1.5)])
+    h, w = photo_pixels.shape[:2]
+    assert [(l.height, l.width) for l in bitstream.read_header(data)[0].layers] == [(round(h / 2), round(w / 1.5)), (h, w)]
+
+
+def test_per_layer_quality_changes_only_that_layer(tiny_codec, photo_pixels):
+    a = tiny_codec.encode(photo_pixels, layers=[0.5, 1], qualities=[0.2, 0.9])
+    b = tiny_codec.encode(photo_pixels, layers=[0.5, 1], qualities=[0.2, 0.1])
+    ia, ib = bitstream.info(a), bitstream.info(b)
+    assert ia["layers"][0]["chunk_bytes"] == ib["layers"][0]["chunk_bytes"]
+    assert [l.quality for l in bitstream.read_header(a)[0].layers] == [bitstream.quantize_quality(q) for q in (0.2, 0.9)]
+    np.testing.assert_array_equal(tiny_codec.decode(a, 0), tiny_codec.decode(b, 0))
+
+
+def test_prefix_decodes_like_full_file(tiny_codec, photo_pixels):
+    data = tiny_codec.encode(photo_pixels, layers=[0.25, 0.5, 1])
+    meta = bitstream.info(data)
+    for k, layer in enumerate(meta["layers"]):
+        prefix = data[: layer["total_bytes"]]
+        np.testing.assert_array_equal(tiny_codec.decode(prefix, k), tiny_codec.decode(data, k))
+        with pytest.raises(bitstream.ChunkError, match=f"layer {k + 1}") if k < 2 else contextlib.nullcontext():
+            tiny_codec.decode(prefix, -1)
+
+
+def test_extract_keeps_lower_layers_identical(tiny_codec, photo_pixels):
+    data = tiny_codec.encode(photo_pixels, layers=[0.25, 0.5, 1])
+    sub = bitstream.extract(data, 1)
+    assert len(sub) < len(data)
+    assert len(bitstream.read_header(sub)[0].layers) == 2
+    for k in (0, 1):
+        np.testing.assert_array_equal(tiny_codec.decode(sub, k), tiny_codec.decode(data, k))
+
+
+def test_damaged_layer_names_it_and_lower_layers_decode(tiny_codec, photo_pixels):
+    data = bytearray(tiny_codec.encode(photo_pixels, layers=[0.25, 0.5, 1]))
+    meta = bitstream.info(bytes(data))
+    pos = meta["layers"][1]["total_bytes"] - 3  # inside layer 1's payload
+    data[pos] ^= 0x40
+    with pytest.raises(bitstream.ChunkCRCMismatch, match="layer 1"):
+        tiny_codec.decode(bytes(data))
+    assert tiny_codec.decode(bytes(data), 0).shape[:2] == (meta["layers"][0]["height"], meta["layers"][0]["width"])
+    layers = []
+    with pytest.raises(bitstream.ChunkError):
+        for img in tiny_codec.layers(bytes(data)):
+            layers.append(img)
+    assert len(layers) == 1
+
+
+def test_symbol_check_detects_probability_model_mismatch(tiny_codec, photo_pixels):
+    """A file whose chunks are intact but whose decoded symbols differ is reported, naming the layer."""
+    data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
+    header, offset = bitstream.read_header(data)
+    chunks = bitstream.read_chunks(data, header, offset, 1)
+    bad = [chunks[0], bitstream.Chunk(chunks[1].strings, chunks[1].check ^ 1)]
+    with pytest.raises(DecodeMismatch, match="layer 1"):
+        tiny_codec.decode(bitstream.write(header, bad))
+    assert tiny_codec.decode(bitstream.write(header, bad), 0) is not None
+
+
+def test_other_weights_and_ablation_are_refused(tiny_codec, photo_pixels, tmp_path, tiny_weights):
+    data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
+    other = Compass(tiny_scalable_weights(tmp_path / "other.pt", seed=5))
+    with pytest.raises(ModelMismatch, match="compass-test-tiny"):
+        other.decode(data)
+    ablation = Compass(tiny_weights, predictor="bicubic")
+    with pytest.raises(ModelMismatch):
+        ablation.decode(data)
+    own = ablation.encode(photo_pixels, layers=[0.5, 1])
+    assert ablation.decode(own).shape == photo_pixels.shape
+
+
+def test_layer_out_of_range(tiny_codec, photo_pixels):
+    data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
+    with pytest.raises(bitstream.LayerOutOfRange):
+        tiny_codec.decode(data, 2)
+    with pytest.raises(bitstream.LayerOutOfRange):
+        tiny_codec.decode(data, -3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers=[1.0, 0.5]), "shrink"),
+    (dict(sizes=[(10, 10), (20, 20)]), "input size"),
+    (dict(layers=[0.5, 1], qualities=[0.5]), "qualities"),
+    (dict(quality=1.5), "quality"),
+])
+def test_bad_plans_are_refused(tiny_codec, photo_pixels, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_codec.encode(photo_pixels, **kwargs)
+
+
+def test_tiny_images(tiny_codec):
+    for h, w in [(1, 1), (2, 3), (3, 2)]:
+        px = np.full((h, w, 3), 100, np.uint8)
+        data = tiny_codec.encode(px, layers=[1.0])
+        assert tiny_codec.decode(data).shape == (h, w, 3)
+    data = tiny_codec.encode(np.zeros((2, 3, 3), np.uint8), layers=[0.5, 1])
+    assert [img.shape for img in tiny_codec.decode_all(data)] == [(1, 2, 3), (2, 3, 3)]

@@ -157,3 +157,16 @@ def photo_pixels():
     from compass.imageio import to_pixels
 
     return to_pixels(synthetic_image(45, 67, seed=3))
+
+
+def tiny_single_weights_file(path: Path, seed: int = 0) -> Path:
+    """A tiny single-layer codec (the spread base codec of `tiny_scalable_weights`) exported as a weights file."""
+    from compass.weights import export
+
+    export({"base": spread_codec(seed)}, {"codec": CODEC_SIZES["tiny"].to_dict()}, "compass-test-tiny-single", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_single_weights(tmp_path_factory) -> Path:
+    return tiny_single_weights_file(tmp_path_factory.mktemp("weights") / "tiny-single.pt")

@@ -47,9 +47,9 @@ def test_encode_info_decode_extract(png, tmp_path, tiny_weights, capsys, tiny_co
 
 def test_sizes_and_unequal_scales(png, tmp_path, tiny_weights):
     out = tmp_path / "x.cmp"
-    assert run("encode", png, out, "--sizes", "20x9,67x45", "--weights", tiny_weights, "-q") == 0
+    assert run("encode", png, out, "--sizes", "20x9,67x45", "--weights", tiny_weights, "--quiet") == 0
     assert [(l.width, l.height) for l in bitstream.read_header(out.read_bytes())[0].layers] == [(20, 9), (67, 45)]
-    assert run("encode", png, out, "--scales", "1.5x2.0", "--weights", tiny_weights, "-q") == 0
+    assert run("encode", png, out, "--scales", "1.5x2.0", "--weights", tiny_weights, "--quiet") == 0
     assert [(l.width, l.height) for l in bitstream.read_header(out.read_bytes())[0].layers] == [(45, 22), (67, 45)]
 
 
@@ -57,7 +57,7 @@ def test_sizes_and_unequal_scales(png, tmp_path, tiny_weights):
                                   "damaged file", "bad layer", "unknown model"])
 def test_errors_exit_2_with_one_line(case, png, tmp_path, tiny_weights, capsys):
     cmp_file = tmp_path / "x.cmp"
-    run("encode", png, cmp_file, "--layers", "0.5,1", "--weights", tiny_weights, "-q")
+    run("encode", png, cmp_file, "--layers", "0.5,1", "--weights", tiny_weights, "--quiet")
     capsys.readouterr()
     damaged = tmp_path / "damaged.cmp"
     damaged.write_bytes(cmp_file.read_bytes()[:-5])
@@ -84,7 +84,7 @@ def test_errors_exit_2_with_one_line(case, png, tmp_path, tiny_weights, capsys):
 
 def test_damaged_top_layer_still_decodes_lower(png, tmp_path, tiny_weights, capsys):
     cmp_file = tmp_path / "x.cmp"
-    run("encode", png, cmp_file, "--layers", "0.5,1", "--weights", tiny_weights, "-q")
+    run("encode", png, cmp_file, "--layers", "0.5,1", "--weights", tiny_weights, "--quiet")
     damaged = tmp_path / "d.cmp"
     damaged.write_bytes(cmp_file.read_bytes()[:-5])
     assert run("decode", damaged, "-o", tmp_path / "o.png", "--weights", tiny_weights) == 2

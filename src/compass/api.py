@@ -17,6 +17,7 @@ import torch
 
 from . import bitstream
 from .errors import CompassError
+from .entropy import CodingError
 from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, load_image, to_pixels, to_tensor
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
@@ -119,6 +120,9 @@ class Compass:
             if check != chunks[j].check:
                 raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
                                      f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
+            if not torch.isfinite(x).all():  # symbols no encoder writes, with a check made to match (forged)
+                raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
+                                  f"below {j} are fine")
             yield to_pixels(x)
         if damage is not None:
             raise damage

@@ -1,7 +1,7 @@
 """Command-line front end: argument parsing and printing only; the work is done by the Python API.
 
-Exit codes: 0 success, 2 bad input or damaged data (one-line message; `--debug` shows the traceback),
-3 training stopped on a non-finite loss.
+Exit codes: 0 success, 1 `fuzz` found failing cases, 2 bad input or damaged data (one-line message; `--debug`
+shows the traceback), 3 training stopped on a non-finite loss.
 """
 from __future__ import annotations
 
@@ -138,6 +138,32 @@ def _train(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from .evaluate.report import bd_table
+    from .evaluate.run import evaluate
+    from .paths import data_dir
+
+    data = Path(args.data) if args.data else data_dir("kodak")
+    root = Path("results") / data.name
+    if args.out:
+        out, cache = Path(args.out), Path(args.out) / "cache"
+    else:  # a quick run writes beside the full results, sharing their cache, so it never replaces them
+        out, cache = (root.with_name(f"{data.name}-quick") if args.quick else root), root / "cache"
+    results = evaluate(data, out, quick=args.quick, model=args.model, single=args.single, methods=args.methods,
+                       images=args.images, configs=args.configs, cache=cache, progress=not args.quiet)
+    print(f"BD-rate of COMPASS (%, top layer; n/a: see the report)\n{bd_table(results, paper=False)}")
+    print(f"wrote {out / 'report.md'}, results.json and plots")
+    return 0
+
+
+def _fuzz(args) -> int:
+    from .fuzz import run
+
+    report = run(args.cases, args.seed, args.models, args.timeout, args.memory_mb, args.only, progress=500)
+    print(report.text())
+    return 1 if report.failures else 0
+
+
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -161,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="registered model name or weights file (default: the shipped compass-cpu)")
         sp.add_argument("--predictor", choices=["liff", "bicubic"], default="liff",
                         help="inter-layer predictor (bicubic: the ablation)")
-        sp.add_argument("-q", "--quiet", action="store_true")
+        sp.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("encode", help="encode an image into one file holding several resolutions")
     e.add_argument("input")
@@ -170,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers", type=_floats, help="fractions of the input size, e.g. 0.25,0.5,1 (default)")
     g.add_argument("--sizes", type=_sizes, help="layer sizes WIDTHxHEIGHT, the last one the input's")
     g.add_argument("--scales", type=_scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
-    e.add_argument("--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    e.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
     e.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
     model_args(e)
     e.set_defaults(func=_encode)
@@ -203,6 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
     t.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
+
+    z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder (docs/reliability.md)")
+    z.add_argument("--cases", type=int, default=2000, help="number of cases (default 2000)")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--model", "--weights", dest="models", action="append",
+                   help="model under test, repeatable (default: two tiny random-weight models, and compass-cpu "
+                        "when it is registered)")
+    z.add_argument("--timeout", type=float, default=10.0, help="seconds a case may take before it is a hang")
+    z.add_argument("--memory-mb", type=int, default=2048, help="address space a case may add (MiB)")
+    z.add_argument("--only", type=int, nargs="+", metavar="CASE", help="run only these cases, with details")
+    z.set_defaults(func=_fuzz)
+
+    v = sub.add_parser("eval", help="rate-distortion evaluation against the baselines: BD-rate table, plots")
+    v.add_argument("--data", help="folder of test images (default: Kodak under the shared data root)")
+    v.add_argument("--out", help="output folder, its cache inside (default: results/NAME, NAME the data folder's "
+                                 "name, or results/NAME-quick with --quick; both cache in results/NAME/cache)")
+    v.add_argument("--quick", action="store_true", help="3 images and 3 rate points per method")
+    v.add_argument("--model", default="compass-cpu", help="scalable model: registered name or weights file")
+    v.add_argument("--single", default="compass-cpu-single",
+                   help="single-layer model for simulcast and single-layer: registered name or weights file")
+    v.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
+                        "jpeg2000-simulcast hevc-simulcast hevc-single (default: all)")
+    v.add_argument("--images", type=int, help="first N images (default: all; 3 with --quick)")
+    v.add_argument("--configs", nargs="+", metavar="CONFIG",
+                   help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=_eval)
     return p
 
 

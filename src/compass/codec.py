@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .entropy import EntropyBottleneck, GaussianConditional
+from .entropy import CodingError, EntropyBottleneck, GaussianConditional
 from .layers import GDN, Analysis, Synthesis, conv, deconv, size_chain
 from .quality import check_quality, interpolate_log_gains
 
@@ -140,6 +140,8 @@ class MeanScaleHyperprior(nn.Module):
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], q: float) -> dict:
         """Inverse of `compress`: {"x_hat": (1, 3, H, W) unclamped, "check": CRC of the decoded symbols}."""
+        if len(strings) != 2:
+            raise CodingError(f"a coded layer holds 2 strings (y, z), got {len(strings)}")
         q = _as_q(check_quality(q), 1, self.log_gain.device)
         _, inv_gain, _, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*shape)

@@ -155,16 +155,18 @@ class LIFF(nn.Module):
         col = local_grid(W, w, dev)[:, None] * wrs[:, 1] + wrs[:, 2] * (2 * h / H) + wrs[:, 3] * (2 * w / W)
         h0 = self.layers[0].out_features
         hl = self.layers[-1].in_features
-        cols = feats.index_select(2, ix)  # (B, h, W, k)
+        flat = feats.reshape(b, h * w, k)
         step = H if chunk is None else max(1, chunk // W)
         out = []
         for r in range(0, H, step):
-            g = cols.index_select(1, iy[r:r + step])  # (B, rows, W, k)
-            a = F.relu(g[..., :h0] + row[r:r + step, None, :] + col)
+            rows = iy[r:r + step]
+            idx = (rows[:, None] * w + ix[None, :]).reshape(-1)
+            g = flat.index_select(1, idx).view(b, rows.numel(), W, k)  # nearest source parts per target pixel
+            first, G, beta = g.split([h0, 3 * hl, 3], -1)  # split: one allocation in backward, not three
+            a = F.relu(first + row[r:r + step, None, :] + col)
             for layer in self.layers[1:-1]:
                 a = F.relu(layer(a))
-            G = g[..., h0:h0 + 3 * hl].unflatten(-1, (3, hl))
-            out.append((G * a.unsqueeze(-2)).sum(-1) + g[..., h0 + 3 * hl:])
+            out.append((G.unflatten(-1, (3, hl)) * a.unsqueeze(-2)).sum(-1) + beta)
         return 0.5 + 0.5 * torch.cat(out, 1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:

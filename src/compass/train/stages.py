@@ -92,11 +92,13 @@ class BaseStage:
 MIN_BASE_SIDE = 16
 
 
-def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None) -> list[tuple[int, int]]:
+def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None,
+                 max_el_pixels: float = float("inf")) -> list[tuple[int, int]]:
     """A random layer plan for a top x top crop: 2-4 layers, factors U(1, 4) between neighbours.
 
     A quarter of the plans use different vertical and horizontal factors. Plans whose base side would fall
-    below MIN_BASE_SIDE are redrawn.
+    below MIN_BASE_SIDE, or whose enhancement layers hold more than `max_el_pixels` times the top layer's
+    pixels (several layers all close to the top size: slow, and far from any real use), are redrawn.
     """
     n = layers or int(rng.choice([2, 3, 4], p=[0.45, 0.45, 0.10]))
     unequal = rng.random() < 0.25
@@ -107,7 +109,8 @@ def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None) 
             fx = rng.uniform(1, 4) if unequal else fy
             h, w = sizes[0]
             sizes.insert(0, (max(1, round(h / fy)), max(1, round(w / fx))))
-        if min(sizes[0]) >= MIN_BASE_SIDE:
+        el_pixels = sum(h * w for h, w in sizes[1:]) / top**2
+        if min(sizes[0]) >= MIN_BASE_SIDE and el_pixels <= max_el_pixels:
             return sizes
 
 
@@ -221,7 +224,7 @@ class JointStage:
 
     def train_step(self, sampler, gen: torch.Generator):
         x = sampler.batch(self.cfg["batch"]).to(self.device)
-        sizes = sample_sizes(sampler.rng, x.shape[-1])
+        sizes = sample_sizes(sampler.rng, x.shape[-1], max_el_pixels=self.cfg.get("max_el_pixels", float("inf")))
         layers = pyramid(x, sizes)
         q = torch.rand(x.shape[0], generator=gen).to(self.device)
         self._train_mode(True)

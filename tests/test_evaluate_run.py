@@ -1,0 +1,201 @@
+"""`compass eval`: the quick evaluation end to end with tiny models, its cache, its byte accounting, its tables."""
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import synthetic_image, tiny_scalable_weights
+from PIL import Image
+
+from compass import bitstream
+from compass.api import Compass
+from compass.cli import main
+from compass.evaluate import run
+from compass.evaluate.baselines import hevc444
+from compass.evaluate.report import Footnotes, bd_table
+from compass.imageio import to_tensor
+from compass.paths import data_dir
+from compass.resample import plan_from_scales
+from compass.weights import build_codec, load_weights
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    """A folder with two 64x48 crops of Kodak images (synthetic images where Kodak is missing)."""
+    folder = tmp_path_factory.mktemp("images")
+    for i, (name, seed) in enumerate([("kodim05.png", 1), ("kodim23.png", 2)]):
+        path = data_dir("kodak") / name
+        if path.is_file():
+            img = np.asarray(Image.open(path).convert("RGB"))[200:248, 300:364]
+        else:
+            img = (synthetic_image(48, 64, seed)[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        Image.fromarray(np.ascontiguousarray(img)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quick(crops, tiny_weights, tiny_single_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    results = run.evaluate(crops, out, quick=True, model=tiny_weights, single=tiny_single_weights, progress=False)
+    return results, out
+
+
+def _point(results, method, config, image="img0.png", index=1):
+    pts = [p for p in results["points"] if (p["method"], p["config"], p["image"]) == (method, config, image)]
+    return pts[index]
+
+
+def test_configs_and_plans():
+    sizes = {c.name: plan_from_scales(512, 768, c.scales) for c in run.CONFIGS}
+    assert sizes["2L-2.0x"] == [(256, 384), (512, 768)]
+    assert sizes["3L-4.0x"] == [(128, 192), (256, 384), (512, 768)]  # middle at the geometric middle
+    assert sizes["3L-2.8x"][0] == (183, 274)  # 512 / 2.8, 768 / 2.8 rounded
+    assert [c.name for c in run.CONFIGS if c.dyadic] == ["2L-2.0x", "3L-4.0x"]
+
+
+def test_quick_run_fills_every_cell(quick):
+    results, out = quick
+    setup = results["setup"]
+    assert [im["name"] for im in setup["images"]] == ["img0.png", "img1.png"]
+    assert set(setup["methods"]) == set(run.METHODS)
+    for m in run.METHODS.values():
+        for c in run.CONFIGS:
+            pts = [p for p in results["points"] if p["method"] == m.name and p["config"] == c.name]
+            assert len(pts) == (6 if run.applies(m, c) else 0)  # 2 images x 3 rate points
+            for p in pts:
+                layers = p["layers"]
+                assert [l["layer"] for l in layers] == ([c.layers - 1] if m.kind == "single" else
+                                                        list(range(c.layers)))
+                assert all(l["bytes"] >= l["bytes_noheader"] > 0 and np.isfinite(l["psnr"]) for l in layers)
+                assert [l["bytes"] for l in layers] == sorted(l["bytes"] for l in layers)  # accumulated
+                assert (layers[-1]["height"], layers[-1]["width"]) == (48, 64)
+
+    bd = results["summary"]["bd"]
+    for value in ("bd_rate", "bd_psnr", "bd_rate_noheader", "bd_rate_msssim"):
+        notes = Footnotes()
+        rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:]
+                for line in bd_table(results, value, paper=False, notes=notes).splitlines()[2:]}
+        for name, m in run.METHODS.items():
+            if name == "compass":
+                continue
+            for c, cell in zip(run.CONFIGS, rows[m.label]):
+                if not run.applies(m, c):
+                    assert cell == "—" and c.name not in bd[name]
+                    continue
+                entry = bd[name][c.name]
+                if entry[value] is None:  # NaN only with its reason, printed as a footnote
+                    assert entry[f"{value}_reason"]
+                    number = int(re.fullmatch(r"n/a\[\^(\d+)\]", cell).group(1))
+                    assert notes.reasons[number - 1] == f"{name}, {c.name}: {entry[f'{value}_reason']}"
+                else:
+                    assert cell == f"{entry[value]:+.2f}"
+    # random tiny models reach ~7 dB, so BD-rates mostly have no PSNR overlap, but BD-PSNR overlaps in rate
+    assert sum(e["bd_psnr"] is not None for per in bd.values() for e in per.values()) >= 40
+    report = (out / "report.md").read_text()
+    assert "*paper: SHVC*" in report and "-53.88" in report
+    cited = set(re.findall(r"n/a\[\^(\d+)\]", report))
+    assert cited == set(re.findall(r"^\[\^(\d+)\]: .+$", report, re.M))  # every footnote cited and defined
+
+    assert json.loads((out / "results.json").read_text())["points"] == json.loads(json.dumps(results["points"]))
+    for c in run.CONFIGS:
+        assert (out / f"rd_{c.name}.png").stat().st_size > 10_000
+    assert (out / "visual.png").stat().st_size > 10_000
+
+
+def test_bytes_accounting(quick, crops, tiny_weights, tiny_single_weights):
+    results, _ = quick
+    image = run.EvalImage(crops / "img0.png")
+    plan = plan_from_scales(48, 64, (2.0, 2.0))
+
+    p = _point(results, "compass", "3L-4.0x")
+    data = Compass(tiny_weights).encode(image.pixels, sizes=plan, quality=p["param"])
+    meta = bitstream.info(data)
+    assert [l["bytes"] for l in p["layers"]] == [l["total_bytes"] for l in meta["layers"]]
+    assert p["layers"][-1]["bytes"] == len(data)
+    assert [l["bytes_noheader"] for l in p["layers"]] == [l["total_bytes"] - meta["header_bytes"]
+                                                          for l in meta["layers"]]
+    assert [l["layer_bytes"] for l in p["layers"]] == [meta["header_bytes"] + meta["layers"][0]["chunk_bytes"]] + [
+        l["chunk_bytes"] for l in meta["layers"][1:]]
+    assert p["layers"][0]["bpp"] == 8 * p["layers"][0]["bytes"] / (12 * 16)
+
+    # simulcast: one 1-layer compass file per layer, sizes added
+    obj, digest = load_weights(tiny_single_weights)
+    codec = build_codec(obj, "base")
+    s = _point(results, "simulcast", "3L-4.0x")
+    files = []
+    for h, w in plan:
+        out = codec.compress(to_tensor(image.target((h, w))), bitstream.quantize_quality(s["param"]))
+        header = bitstream.Header(obj["name"], bytes.fromhex(digest)[:8], (bitstream.LayerInfo(h, w, s["param"]),))
+        files.append(bitstream.write(header, [bitstream.Chunk(tuple(out["strings"]), out["check"])]))
+    assert [l["layer_bytes"] for l in s["layers"]] == [len(f) for f in files]
+    assert [l["bytes"] for l in s["layers"]] == list(np.cumsum([len(f) for f in files]))
+    header_bytes = bitstream.info(files[0])["header_bytes"]
+    assert s["layers"][-1]["bytes_noheader"] == sum(len(f) for f in files) - 3 * header_bytes
+    single = _point(results, "single", "3L-4.0x")
+    assert single["layers"][0]["bytes"] == len(files[-1])
+
+    h = _point(results, "hevc-simulcast", "2L-2.0x", index=0)
+    targets = [image.target(size) for size in plan_from_scales(48, 64, (2.0,))]
+    assert h["layers"][-1]["bytes"] == sum(hevc444(t, h["param"]).num_bytes for t in targets)
+
+
+def test_cache_skips_work_and_tracks_weights(quick, crops, tiny_weights, tiny_single_weights, tmp_path,
+                                             monkeypatch):
+    results, out = quick
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached job was coded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(Compass, "encode", refuse)
+        m.setattr(run, "_classical_layer_job", refuse)
+        again = run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights,
+                             cache=out / "cache", progress=False)
+    assert again["stats"]["run"] == 0 and again["stats"]["cached"] == results["stats"]["jobs"]
+    assert again["points"] == results["points"] and again["summary"] == results["summary"]
+
+    # other weights: the compass and ablation jobs run again, the baselines come from the cache
+    other = tiny_scalable_weights(tmp_path / "other.pt", seed=5)
+    configs = ["2L-1.6x", "3L-4.0x"]
+    new = run.evaluate(crops, quick=True, model=other, single=tiny_single_weights, configs=configs,
+                       cache=out / "cache", progress=False)
+    assert new["stats"]["run"] == 2 * 2 * 2 * 3  # (compass, ablation) x configs x images x q
+
+
+def test_known_bd_and_reasons(quick):
+    """Anchors at twice compass's bytes for the same PSNR give -50 %; curves without overlap give a reason."""
+    results, _ = quick
+    points = []
+    for method, factor, shift in (("compass", 1, 0), ("simulcast", 2, 0), ("hevc-simulcast", 1, 100)):
+        for q, (bpp, db) in enumerate([(0.2, 28.0), (0.5, 32.0), (1.0, 36.0), (2.0, 40.0)]):
+            layer = {"layer": 1, "bpp": bpp * factor, "bpp_noheader": bpp * factor, "psnr": db + shift,
+                     "ms_ssim": 1 - 10 ** (-db / 20)}
+            points.append({"method": method, "config": "2L-2.0x", "image": "a", "param": q, "layers": [layer]})
+    fake = {"setup": {"configs": {"2L-2.0x": results["setup"]["configs"]["2L-2.0x"]},
+                      "methods": {m: results["setup"]["methods"][m] for m in ("compass", "simulcast",
+                                                                               "hevc-simulcast")}},
+            "points": points}
+    fake["summary"] = run.summarize(fake)
+    bd = fake["summary"]["bd"]
+    assert bd["simulcast"]["2L-2.0x"]["bd_rate"] == pytest.approx(-50.0, abs=1e-6)
+    assert bd["simulcast"]["2L-2.0x"]["bd_rate_msssim"] == pytest.approx(-50.0, abs=1e-6)
+    assert bd["hevc-simulcast"]["2L-2.0x"]["bd_rate"] is None
+    assert "do not overlap" in bd["hevc-simulcast"]["2L-2.0x"]["bd_rate_reason"]
+    table = bd_table(fake)
+    assert "| Simulcast (single-layer codec) | -50.00 |" in table
+    assert "| *paper: Simulcast (Mean-Scale)* | *-16.29* |" in table
+    assert "| HEVC-444 simulcast (x265) | n/a[^1] |" in table
+
+
+def test_cli_eval(crops, tiny_weights, tiny_single_weights, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["eval", "--data", str(crops), "--out", str(out), "--quick", "--model", str(tiny_weights),
+                 "--single", str(tiny_single_weights), "--methods", "simulcast", "--images", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Simulcast (single-layer codec)" in printed and "HEVC" not in printed
+    assert (out / "report.md").is_file() and (out / "cache").is_dir()
+    assert len(json.loads((out / "results.json").read_text())["setup"]["images"]) == 1
+
+    assert main(["eval", "--data", str(crops), "--out", str(out), "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'no-such-model'" in err and "not available" in err

@@ -131,7 +131,7 @@ def _train(args) -> int:
     run_dir = args.run_dir or f"runs/{recipe['name']}/{args.stage}"
     try:
         train(recipe, args.stage, run_dir, resume=args.resume, steps=args.steps, data=args.data,
-              threads=args.threads)
+              threads=args.threads, init=args.init)
     except NonFiniteLoss as e:
         print(f"compass train: {e}", file=sys.stderr)
         return 3
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     t.add_argument("--steps", type=int, help="override the stage's step count")
+    t.add_argument("--init", help="start from shipped weights (name or file) or a checkpoint, when not resuming")
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
     t.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)

@@ -7,7 +7,9 @@ enhancement layer.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -43,6 +45,27 @@ def symbol_check(y_hat: torch.Tensor, means: torch.Tensor, z_hat: torch.Tensor, 
     y_sym = torch.round(y_hat - means).to(torch.int32).cpu().numpy()
     z_sym = torch.round(z_hat - medians.view(1, -1, 1, 1)).to(torch.int32).cpu().numpy()
     return zlib.crc32(z_sym.astype("<i4").tobytes(), zlib.crc32(y_sym.astype("<i4").tobytes()))
+
+
+_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the enclosed CPU ops on one thread, then restore the thread count (one caller at a time).
+
+    CPU convolutions split their sums by thread count, so the hyperprior's scales computed with 1 and with 2
+    threads differ in the last bits; a scale next to a boundary between two tables then picks one table in the
+    encoder and the other in the decoder, and the layer fails its symbol check (2 such scales in 3.5 million on
+    Kodak, docs/reliability.md). h_a and h_s work at 1/16 and 1/64 of the image size, where one thread costs little.
+    """
+    with _THREADS:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
 
 def _as_q(q, batch: int, device) -> torch.Tensor:
@@ -126,10 +149,12 @@ class MeanScaleHyperprior(nn.Module):
         gain, inv_gain, hgain, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*x.shape[-2:])
         y = self.g_a(x) * gain
-        z = self.h_a(y) * hgain
+        with one_thread():
+            z = self.h_a(y) * hgain
         z_string = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_string, hyp[-1])
-        scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+        with one_thread():
+            scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
         y_hat = torch.round(y - means) + means
@@ -146,7 +171,8 @@ class MeanScaleHyperprior(nn.Module):
         _, inv_gain, _, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*shape)
         z_hat = self.entropy_bottleneck.decompress(strings[1], hyp[-1])
-        scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+        with one_thread():
+            scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means)
         x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])

@@ -39,10 +39,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def manifest() -> dict:
-    if not MANIFEST.exists():
+def manifest(path: Path | None = None) -> dict:
+    """The manifest of shipped weights (or of the folder `path` names): {"models": {name: entry}}."""
+    path = MANIFEST if path is None else path
+    if not path.exists():
         return {"models": {}}
-    with open(MANIFEST) as f:
+    with open(path) as f:
         return json.load(f)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..codec import CodecConfig, MeanScaleHyperprior
 from ..liff import LIFF, LiffConfig
-from ..weights import MANIFEST, PRETRAINED_DIR, export, manifest
+from ..weights import PRETRAINED_DIR, export, manifest
 
 
 def _last_validation(run_dir: Path) -> list[dict]:
@@ -34,8 +34,11 @@ def _last_validation(run_dir: Path) -> list[dict]:
 
 
 def _stage_info(ck: dict, path: Path) -> dict:
+    """A stage's record; a stage started from shipped weights carries their training record along."""
+    source = ck.get("init_from")
+    init = {"source": source, "training": manifest()["models"].get(source, {}).get("training")} if source else None
     return {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
-            "config": ck["stage_config"], "validation": _last_validation(path.parent)}
+            "init_from": init, "config": ck["stage_config"], "validation": _last_validation(path.parent)}
 
 
 def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:
@@ -45,14 +48,16 @@ def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:
 
 
 def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training: dict) -> None:
-    man = manifest()
+    """Add or replace `name` in the manifest.json beside the weights file."""
+    target = path.parent / "manifest.json"
+    man = manifest(target)
     man["models"][name] = {"file": path.name, "sha256": sha, "bytes": path.stat().st_size, "kind": kind,
                            "config": configs, "training": training}
-    tmp = MANIFEST.with_name(MANIFEST.name + ".tmp")
+    tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(man, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, MANIFEST)
+    os.replace(tmp, target)
 
 
 def export_checkpoints(base: Path, joint: Path | None, out_dir: Path = PRETRAINED_DIR) -> list[str]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..paths import data_dir
 from .config import stage_config
 from .data import CropSampler, list_images, split, validation_crops
-from .stages import lr_at, make_stage
+from .stages import load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
 LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
@@ -63,11 +63,12 @@ def resolve_data(recipe: dict, override: str | None) -> Path:
 
 
 def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = False, steps: int | None = None,
-          data: str | None = None, threads: int | None = None, init: dict | None = None,
+          data: str | None = None, threads: int | None = None, init: str | None = None,
           progress: bool = True) -> dict:
     """Train one stage of `recipe` into `run_dir`. Returns the final checkpoint dict.
 
-    `init`: state dicts by module name to start from (e.g. shipped weights) when not resuming.
+    `init`: shipped weights (name or file) or a checkpoint to start the stage's modules from when not resuming
+    (a new session continues from the committed weights this way, with a fresh optimizer).
     """
     rank, world = _dist_info()
     if world > 1 and not dist.is_initialized():
@@ -97,7 +98,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)
     val = validation_crops(files_val, recipe["data"]["val_crop"]) if rank == 0 else None
 
-    step, elapsed = 0, 0.0
+    step, elapsed, init_from = 0, 0.0, str(init) if init else None
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck.get("stage") != stage_name:
@@ -109,7 +110,9 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             aux_opt.load_state_dict(ck["aux_optimizer"])
         sampler.set_state(ck["sampler"][rank] if rank < len(ck["sampler"]) else ck["sampler"][0])
         gen.set_state(ck["generator"])
-        step, elapsed = ck["step"], ck["elapsed_s"]
+        if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
+            torch.set_rng_state(ck["torch_rng"])
+        step, elapsed, init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")
         if hasattr(stage, "after_resume"):
             stage.after_resume()
         if rank == 0:
@@ -117,8 +120,9 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             print(f"resumed {stage_name} at step {step} from {ckpt_path}")
     elif init:
         for name, m in stage.modules().items():
-            if name in init:
-                m.load_state_dict(init[name])
+            m.load_state_dict(load_module_state(init, name))
+        if rank == 0:
+            print(f"initialized {stage_name} from {init}")
     if world > 1:
         for p in [*params, *aux_params]:
             dist.broadcast(p.data, 0)
@@ -133,7 +137,8 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
               "step": step, "elapsed_s": elapsed,
               "modules": {n: m.state_dict() for n, m in stage.modules().items()},
               "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict() if aux_opt else None,
-              "sampler": samplers, "generator": gen.get_state()}
+              "sampler": samplers, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+              "init_from": init_from}
         if rank == 0:
             save_atomic(ck, ckpt_path)
             plot_log(log_path, run_dir / "curves.png")
@@ -155,7 +160,12 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, aux, metrics = stage.train_step(sampler, gen)
-            if not math.isfinite(loss.item()):
+            finite = math.isfinite(loss.item())
+            if world > 1:  # every rank stops together, none is left waiting in an all-reduce
+                flag = torch.tensor([float(finite)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item())
+            if not finite:
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} of stage {stage_name}; "
                                     f"the last good checkpoint is intact at {ckpt_path}")
             opt.zero_grad(set_to_none=True)

@@ -114,16 +114,24 @@ def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None,
             return sizes
 
 
-def load_module_state(path: str | Path, module: str) -> dict:
-    """State dict of `module` from a training checkpoint (or a shipped weights file, via compass.weights)."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if "modules" in ck:
-        try:
-            return ck["modules"][module]
-        except KeyError:
-            raise KeyError(f"{path} has no module {module!r}; it has {sorted(ck['modules'])}") from None
-    from ..weights import state_from_weights
-    return state_from_weights(ck, module)
+def load_module_state(source: str | Path, *modules: str) -> dict:
+    """State dict of the first of `modules` found in `source`: a training checkpoint, or shipped weights (a
+    registered name or a weights file; there the single-layer codec is "base", so "codec" finds it)."""
+    from ..weights import load_weights, state_from_weights
+
+    if Path(source).exists():
+        ck = torch.load(source, map_location="cpu", weights_only=False)
+        if "modules" in ck:
+            for m in modules:
+                if m in ck["modules"]:
+                    return ck["modules"][m]
+            raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['modules'])}")
+    else:
+        ck = load_weights(source)[0]
+    for m in modules:
+        if m in ck["state"] or (m == "codec" and "base" in ck["state"]):
+            return state_from_weights(ck, m)
+    raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['state'])}")
 
 
 class LiffStage:
@@ -183,7 +191,7 @@ class JointStage:
         base.requires_grad_(False)
         residual = MeanScaleHyperprior(codec_cfg)
         if cfg.get("residual_from"):
-            residual.load_state_dict(load_module_state(cfg["residual_from"], "codec"))
+            residual.load_state_dict(load_module_state(cfg["residual_from"], "residual", "codec"))
         liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
         if cfg.get("liff_from"):
             liff.load_state_dict(load_module_state(cfg["liff_from"], "liff"))

@@ -1,0 +1,182 @@
+"""The training pipeline on a tiny recipe: stages run, resume is exact, NaN stops cleanly, DDP replicas agree."""
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compass.train import train
+from compass.train.loop import NonFiniteLoss
+from compass.train.stages import sample_sizes
+
+from conftest import REPO, synthetic_image
+
+RECIPE = {
+    "name": "tiny", "seed": 3,
+    "codec": {"N": 8, "M": 12, "levels": 3},
+    "liff": {"feat": 8, "blocks": 1, "convs": 2, "growth": 4, "hidden": [16, 16]},
+    "data": {"train": "unused", "val_count": 2, "val_crop": 32},
+    "train": {"checkpoint_minutes": 0, "log_every": 1, "val_every": 2, "clip": 1.0, "aux_lr": 1e-3},
+    "stages": {
+        "base": {"steps": 4, "batch": 2, "crop": 32, "odd_fraction": 0.5, "lr": 1e-3, "lr_final": 1e-4,
+                 "final_fraction": 0.25},
+        "liff": {"steps": 2, "batch": 2, "crop": 32, "lr": 1e-3},
+        "joint": {"steps": 2, "batch": 2, "crop": 48, "lr": 1e-3, "max_el_pixels": 1.7},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for i in range(6):
+        px = (synthetic_image(60 + i, 70, seed=i)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(px).save(d / f"img{i}.png")
+    return d
+
+
+def params(ck, module):
+    return {k: v.clone() for k, v in ck["modules"][module].items()}
+
+
+def test_base_stage_logs_checkpoints_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    straight = train(RECIPE, "base", tmp_path / "a", data=str(data_dir), threads=1, progress=False)
+    assert straight["step"] == 4
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert {r["kind"] for r in rows} == {"train", "val"} and (tmp_path / "a" / "curves.png").stat().st_size > 0
+
+    from compass.train import stages
+
+    real, calls = stages.BaseStage.train_step, {"n": 0}
+
+    def killed(self, sampler, gen):  # the process dies during step 3, after step 2's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, sampler, gen)
+
+    monkeypatch.setattr(stages.BaseStage, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(RECIPE, "base", tmp_path / "b", data=str(data_dir), threads=1, progress=False)
+    monkeypatch.setattr(stages.BaseStage, "train_step", real)
+    resumed = train(RECIPE, "base", tmp_path / "b", data=str(data_dir), threads=1, progress=False, resume=True)
+    assert resumed["step"] == 4
+    for k, v in params(straight, "codec").items():
+        assert torch.equal(v, resumed["modules"]["codec"][k]), k
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "log.csv")) if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]  # no duplicated rows after the resume
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, monkeypatch):
+    from compass.train import stages
+
+    real = stages.BaseStage.train_step
+    calls = {"n": 0}
+
+    def poisoned(self, sampler, gen):
+        loss, aux, m = real(self, sampler, gen)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), aux, m
+
+    monkeypatch.setattr(stages.BaseStage, "train_step", poisoned)
+    with pytest.raises(NonFiniteLoss, match="step 2"):
+        train(RECIPE, "base", tmp_path, data=str(data_dir), threads=1, progress=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["modules"]["codec"].values()
+                                   if v.is_floating_point())
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
+    train(RECIPE, "base", tmp_path / "base", data=str(data_dir), threads=1, progress=False)
+    train(RECIPE, "liff", tmp_path / "liff", data=str(data_dir), threads=1, progress=False)
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["joint"].update(base_from=str(tmp_path / "base" / "checkpoint.pt"),
+                                     liff_from=str(tmp_path / "liff" / "checkpoint.pt"),
+                                     residual_from=str(tmp_path / "base" / "checkpoint.pt"))
+    ck = train(recipe, "joint", tmp_path / "joint", data=str(data_dir), threads=1, progress=False)
+    base = torch.load(tmp_path / "base" / "checkpoint.pt", weights_only=False)["modules"]["codec"]
+    for k, v in base.items():  # the base stays frozen
+        assert torch.equal(v, ck["modules"]["base"][k]), k
+    val = [r for r in csv.DictReader(open(tmp_path / "joint" / "log.csv")) if r["kind"] == "val"]
+    assert {r["setting"] for r in val} >= {"2L 2.0x q=0.0", "3L 4.0x q=1.0"}
+
+    from compass import weights
+    from compass.api import Compass
+    from compass.train.export import export_checkpoints
+
+    names = export_checkpoints(tmp_path / "base" / "checkpoint.pt", tmp_path / "joint" / "checkpoint.pt",
+                               tmp_path / "out")
+    assert names == ["compass-tiny-single", "compass-tiny"]
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entry = man["models"]["compass-tiny"]
+    assert [s["stage"] for s in entry["training"]["stages"]] == ["base", "liff", "joint"]
+    assert entry["sha256"] == weights.sha256_file(tmp_path / "out" / "compass-tiny.pt")
+    codec = Compass(tmp_path / "out" / "compass-tiny.pt")
+    px = np.zeros((20, 30, 3), np.uint8)
+    assert codec.decode(codec.encode(px, layers=[0.5, 1])).shape == px.shape
+
+
+def test_init_from_shipped_weights(tmp_path, data_dir):
+    """A new session continues from committed weights: the stage starts from them, and says so."""
+    from compass.weights import export, load_weights, state_from_weights
+
+    from conftest import spread_codec
+
+    path = tmp_path / "w.pt"
+    export({"base": spread_codec()}, {"codec": RECIPE["codec"]}, "compass-tiny-single", path)
+    ck = train(RECIPE, "base", tmp_path / "run", data=str(data_dir), threads=1, progress=False, steps=0,
+               init=str(path))
+    want = state_from_weights(load_weights(path)[0], "base")
+    assert ck["init_from"] == str(path)
+    for k, v in want.items():
+        assert torch.equal(v, ck["modules"]["codec"][k]), k
+
+
+def test_sample_sizes_respects_limits():
+    rng = np.random.default_rng(0)
+    seen_unequal = False
+    for _ in range(300):
+        sizes = sample_sizes(rng, 128, max_el_pixels=1.7)
+        assert 2 <= len(sizes) <= 4 and sizes[-1] == (128, 128) and min(sizes[0]) >= 16
+        assert sum(h * w for h, w in sizes[1:]) <= 1.7 * 128 * 128
+        for (h0, w0), (h1, w1) in zip(sizes, sizes[1:]):
+            assert h0 <= h1 and w0 <= w1 and h1 / h0 <= 4.01 and w1 / w0 <= 4.01
+            seen_unequal |= abs(h1 / h0 - w1 / w0) > 0.1
+    assert seen_unequal
+
+
+DDP_SCRIPT = r"""
+import hashlib, json, sys
+import torch, torch.distributed as dist
+from compass.train import train
+recipe = json.loads(sys.argv[1])
+ck = train(recipe, "base", sys.argv[2], data=sys.argv[3], threads=1, progress=False)
+h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in ck["modules"]["codec"].values())).hexdigest()
+hashes = [None] * dist.get_world_size()
+dist.all_gather_object(hashes, h)
+if dist.get_rank() == 0:
+    print("HASHES", json.dumps(hashes))
+dist.destroy_process_group()
+"""
+
+
+def test_two_process_ddp_keeps_replicas_equal(tmp_path, data_dir):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["base"]["steps"] = 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(recipe), str(tmp_path / "run"), str(data_dir)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    hashes = json.loads(out.stdout.split("HASHES", 1)[1].strip().splitlines()[0])
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3

@@ -232,3 +232,15 @@ def test_decoding_errors_are_coding_errors():
     idx = torch.zeros(1, 1, 2, 2, dtype=torch.long)
     with pytest.raises(CodingError):
         gc.decompress(b"abc", idx, torch.zeros(1, 1, 2, 2))  # not a whole number of 32-bit words
+
+
+def test_lower_bound_lets_gradients_raise_values_below_it():
+    """A scale under the bound must still receive the gradient that raises it (a clamp would kill it for good)."""
+    from compass.entropy import GaussianConditional
+
+    gc = GaussianConditional()
+    scales = torch.tensor([-1.0, 0.05, 2.0], requires_grad=True)
+    y = torch.tensor([1.0, 1.0, 1.0])  # 4.5 sigma out at the bound: likelihood small but above its floor
+    (-torch.log2(gc.likelihood(y, scales, torch.zeros(3)))).sum().backward()
+    assert scales.grad[0] < 0 and scales.grad[1] < 0  # the rate falls when these scales grow
+    assert torch.equal(gc.likelihood(y, scales, torch.zeros(3))[:2], gc.likelihood(y[:2], torch.full((2,), 0.11), torch.zeros(2)))

@@ -172,6 +172,30 @@ class _TableModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows where it would raise x.
+
+    A plain clamp has zero gradient below the bound, so a scale (or likelihood) that falls under it can never
+    come back: such channels die for the rest of training.
+    """
+
+    @staticmethod
+    def forward(ctx, x, bound: float):
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        passes = (x >= ctx.bound) | (grad < 0)
+        return grad * passes, None
+
+
+def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    return _LowerBound.apply(x, bound)
+
+
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -239,7 +263,7 @@ class EntropyBottleneck(_TableModel):
         z_lik = z + torch.empty_like(z).uniform_(-0.5, 0.5) if training else z_hat
         flat = z_lik.permute(1, 0, 2, 3).reshape(c, 1, -1)
         lik = self._likelihood(flat).reshape(c, b, h, w).permute(1, 0, 2, 3)
-        return z_hat, lik.clamp_min(LIKELIHOOD_BOUND)
+        return z_hat, lower_bound(lik, LIKELIHOOD_BOUND)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -306,9 +330,9 @@ class GaussianConditional(_TableModel):
 
     def likelihood(self, values: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         v = (values - means).abs()
-        s = scales.clamp_min(self.scale_bound)
+        s = lower_bound(scales, self.scale_bound)
         lik = _std_normal_cdf((0.5 - v) / s) - _std_normal_cdf((-0.5 - v) / s)
-        return lik.clamp_min(LIKELIHOOD_BOUND)
+        return lower_bound(lik, LIKELIHOOD_BOUND)
 
     def forward(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor, training: bool | None = None):
         """Return (y_hat for the decoder, likelihoods). y_hat = round(y - mean) + mean with an STE gradient."""

@@ -1,23 +1,13 @@
 """LIFF: the factorized (per-source-pixel) evaluation equals the direct formulation of the method."""
+import pytest
 import torch
-import torch.nn.functional as F
 
-from compass.liff import LIFF, LIFF_SIZES, local_grid, source_index
+from compass.liff import LIFF, LIFF_SIZES, LiffConfig, direct_query, local_grid, source_index
+from compass.train.config import load_recipe
 
 
 def direct(m: LIFF, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The method as written: per target pixel, MLP([unfolded feature | r | s]) -> 9C x 3 filter, then f @ filter."""
-    H, W = size
-    u = m.unfold(x)
-    b, d, h, w = u.shape
-    f = u[:, :, source_index(H, h)][:, :, :, source_index(W, w)].permute(0, 2, 3, 1)
-    r = torch.stack(torch.meshgrid(local_grid(H, h).to(x.dtype), local_grid(W, w).to(x.dtype), indexing="ij"), -1)
-    s = torch.tensor([2 * h / H, 2 * w / W], dtype=x.dtype).expand(H, W, 2)
-    a = torch.cat([f, r.expand(b, H, W, 2), s.expand(b, H, W, 2)], -1)
-    for layer in m.layers[:-1]:
-        a = F.relu(layer(a))
-    filt = m.layers[-1](a).view(b, H, W, d, 3)
-    return 0.5 + 0.5 * torch.einsum("bhwd,bhwdc->bchw", f, filt)
+    return direct_query(m, m.features(x), size)
 
 
 def test_factorized_equals_direct_at_any_scale():
@@ -52,3 +42,45 @@ def test_source_index_and_grid():
     for dst, src in [(17, 5), (100, 37), (3, 1)]:
         g = local_grid(dst, src)
         assert g.abs().max() <= 1.0 and source_index(dst, src).max() == src - 1
+
+
+CPU_WIDTHS = LiffConfig.from_dict(load_recipe("cpu")["liff"])  # the shipped widths
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_queries_equal_one_pass_exactly(threads):
+    """Chunks (bands of target rows, each projecting only its own source rows) give the same floats as one pass."""
+    torch.manual_seed(2)
+    m = LIFF(CPU_WIDTHS).eval()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for src, size in [((7, 9), (17, 13)), ((20, 30), (80, 120)), ((33, 41), (50, 97)), ((24, 40), (24, 40))]:
+                f = m.features(torch.rand(1, 3, *src))
+                whole = m.query(f, size)
+                for chunk in (1, 37, 500, 4000):
+                    assert torch.equal(m.query(f, size, chunk), whole), (src, size, chunk)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rdn_stripes_equal_whole_image_exactly(threads):
+    """Large inputs run the RDN in row stripes with a receptive-field halo: same floats as the whole image.
+
+    Stripes stay above the size where torch switches convolution backends for small inputs (as they do in use:
+    `RDN_STRIPE` pixels); the first and last stripes have context on one side only, the middle ones on both.
+    """
+    torch.manual_seed(3)
+    m = LIFF(CPU_WIDTHS).eval()
+    assert m.rdn.halo == 3 + CPU_WIDTHS.blocks * CPU_WIDTHS.convs
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for shape, stripe in [((1, 3, 100, 256), 1 << 13), ((1, 3, 130, 200), 1 << 13)]:
+                x = torch.rand(shape)
+                assert torch.equal(m.features(x, stripe), m.features(x, None)), (shape, stripe)
+    finally:
+        torch.set_num_threads(old)

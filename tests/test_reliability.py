@@ -5,10 +5,10 @@ checked too (a crash, a hang, a dead worker and a wrong image must be reported, 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
+import re
 import time
 
 import numpy as np
@@ -45,7 +45,7 @@ def test_every_category_is_reached_with_the_outcomes_it_must_have(report):
     assert set(counts) == set(fuzz.CATEGORIES), report.text()
     assert set(counts["limits"]) == {"LimitExceeded"}
     assert set(counts["trailing"]) == {"identical"}
-    assert not {"identical", "differs"} & set(counts["truncate"]) | set(counts["bitflip"])
+    assert not {"identical", "differs"} & (set(counts["truncate"]) | set(counts["bitflip"]))
     assert counts["truncate"]["TruncatedChunk"] and counts["truncate"]["HeaderError"]
     # damage behind a valid chunk CRC reaches the entropy decoder and the symbol check
     assert counts["payload"]["CodingError"] and counts["payload"]["DecodeMismatch"]
@@ -140,10 +140,8 @@ def test_harness_survives_a_dead_or_hung_worker(fuzz_models, tmp_path):
         died = judged(_Payload(os._exit, (3,)))
         assert (died["outcome"], died["message"]) == ("died", "worker exited with code 3")
         assert pool.run(good, 10)["outcome"] == "identical"  # restarted, same corpus
-        start = time.monotonic()
         assert judged(_Payload(exec, ("while True: pass",)), timeout=0.5)["outcome"] == "hang"  # spins
         assert judged(_Payload(time.sleep, (600,)), timeout=0.1)["outcome"] == "hang"  # blocks: 30x in wall time
-        assert time.monotonic() - start < 120
         assert pool.run(good, 10)["outcome"] == "identical"
     finally:
         pool.stop()
@@ -170,6 +168,35 @@ def test_refusals_of_huge_declarations_come_before_any_allocation(tiny_codec, ph
         bitstream.read_header(fuzz.raw_header(name, mid, layers[:1] + [(2**32 - 1, 2**32 - 1, 0)]) + body)
     with pytest.raises(bitstream.LimitExceeded, match="17 layers"):
         tiny_codec.decode(fuzz.raw_header(name, mid, layers + layers[-1:] * 15) + body)
+
+
+_OOM_SCRIPT = r"""
+import resource, sys, numpy as np
+from compass import fuzz
+from compass.api import Compass, OutOfMemory
+from compass.cli import main
+weights, cmp_path, png_path = sys.argv[1:]
+codec = Compass(weights)
+data = codec.encode(np.full((512, 512, 3), 128, np.uint8), layers=(1, 1))
+open(cmp_path, "wb").write(data)
+resource.setrlimit(resource.RLIMIT_AS, (int((fuzz._memory_mb("VmSize") + 40) * 2**20), resource.RLIM_INFINITY))
+try:
+    codec.decode(data)
+except OutOfMemory as e:
+    print(f"OutOfMemory: {e}")
+print("exit", main(["decode", cmp_path, "-o", png_path, "--weights", weights]))
+"""
+
+
+def test_running_out_of_memory_is_a_compass_error(tiny_weights, tmp_path):
+    """Under an address-space limit a decode that cannot allocate ends in OutOfMemory (CLI: exit 2, one line)."""
+    proc = run_python(_OOM_SCRIPT, str(tiny_weights), str(tmp_path / "x.cmp"), str(tmp_path / "x.png"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    # which layer fails first depends on the limit: LIFF at 512x512 needs more than the base decoder
+    assert re.match(r"OutOfMemory: layer [01] \(512x512\): not enough memory to decode it", lines[0]), lines
+    assert lines[-1] == "exit 2" and "not enough memory" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 # ---------------------------------------------------------------- determinism across processes and threads
@@ -233,13 +260,14 @@ def files(tmp_path, photo_pixels, tiny_weights):
     png = tmp_path / "in.png"
     Image.fromarray(photo_pixels).save(png)
     cmp_file = tmp_path / "x.cmp"
-    assert main(["encode", str(png), str(cmp_file), "--layers", "0.5,1", "--weights", str(tiny_weights), "-q"]) == 0
+    assert main(["encode", str(png), str(cmp_file), "--layers", "0.5,1", "--weights", str(tiny_weights),
+                 "--quiet"]) == 0
     return png, cmp_file
 
 
 def _snapshot(folder):
-    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in folder.rglob("*")}
+    """Every path under `folder` with its inode, size and modification time: any write or replacement shows."""
+    return {p.relative_to(folder): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("case", ["encode onto its input", "extract onto its input", "decode onto its input",
@@ -255,11 +283,12 @@ def test_hostile_paths_exit_2_and_leave_files_alone(case, files, tmp_path, tiny_
     (tmp_path / "folder").mkdir()
     damaged = tmp_path / "damaged.cmp"
     damaged.write_bytes(cmp_file.read_bytes()[:-3])
-    if case == "unwritable folder" or case == "unreadable input":
+    if case in ("unwritable folder", "unreadable input"):
         if os.geteuid() == 0:
             pytest.skip("root ignores file permissions (the 'output under a regular file' case covers writes)")
         (tmp_path / "locked").mkdir(mode=0o500)
-        os.chmod(png, 0o000)
+        if case == "unreadable input":
+            os.chmod(png, 0o000)
     if case == "output via a symlink to the input":
         (tmp_path / "link.cmp").symlink_to(cmp_file)
     if case == "--all onto its input":  # decode --all -o o.png writes o_L0.png, o_L1.png: the input is o_L1.png
@@ -276,8 +305,8 @@ def test_hostile_paths_exit_2_and_leave_files_alone(case, files, tmp_path, tiny_
         "missing input to info": ["info", tmp_path / "nope.cmp"],
         "missing input to extract": ["extract", tmp_path / "nope.cmp", "--layer", "0", "-o", tmp_path / "o.cmp"],
         "missing input to decode": ["decode", tmp_path / "nope.cmp", "-o", tmp_path / "o.png", *w],
-        "unwritable folder": ["encode", tmp_path / "x.cmp", tmp_path / "locked" / "o.cmp", *w],
-        "unreadable input": ["info", png],
+        "unwritable folder": ["encode", png, tmp_path / "locked" / "o.cmp", *w],
+        "unreadable input": ["encode", png, tmp_path / "o.cmp", *w],
         "damaged input over an old output": ["decode", damaged, "-o", tmp_path / "old.png", *w],
     }[case]
     before = _snapshot(tmp_path)

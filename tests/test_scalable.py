@@ -135,3 +135,16 @@ def test_tiny_images(tiny_codec):
         assert tiny_codec.decode(data).shape == (h, w, 3)
     data = tiny_codec.encode(np.zeros((2, 3, 3), np.uint8), layers=[0.5, 1])
     assert [img.shape for img in tiny_codec.decode_all(data)] == [(1, 2, 3), (2, 3, 3)]
+
+
+def test_encoder_without_top_reconstruction_writes_the_same_codes(tiny_codec, photo_pixels):
+    """`Compass.encode` skips the top layer's synthesis: same codes, and the lower reconstructions are unchanged."""
+    x = to_tensor(photo_pixels)
+    for fractions in ([1.0], [0.25, 0.5, 1.0]):
+        layers = pyramid(x, tiny_codec.plan(*photo_pixels.shape[:2], layers=fractions))
+        qs = [0.6] * len(layers)
+        codes, recons = tiny_codec.model.compress(layers, qs)
+        lean, lean_recons = tiny_codec.model.compress(layers, qs, reconstruct_top=False)
+        assert [(c.strings, c.check) for c in lean] == [(c.strings, c.check) for c in codes]
+        assert lean_recons[-1] is None
+        assert all(torch.equal(a, b) for a, b in zip(lean_recons[:-1], recons[:-1]))

@@ -163,6 +163,7 @@ hashes = [None] * dist.get_world_size()
 dist.all_gather_object(hashes, h)
 if dist.get_rank() == 0:
     print("HASHES", json.dumps(hashes))
+dist.barrier()  # neither rank tears gloo down while the other still talks to it
 dist.destroy_process_group()
 """
 

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,10 @@ class ModelMismatch(CompassError):
 
 class DecodeMismatch(CompassError):
     """A layer's decoded symbols differ from the encoder's: the probability models disagree."""
+
+
+class OutOfMemory(CompassError):
+    """Coding needed more memory than could be allocated (`max_pixels` bounds what a file may ask for)."""
 
 
 class Compass:
@@ -85,7 +90,8 @@ class Compass:
             raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
         qs = [bitstream.quantize_quality(q) for q in qs]
         x = to_tensor(pixels).to(self.device)
-        codes, _ = self.model.compress(pyramid(x, plan), qs)
+        with _memory_error(f"not enough memory to encode {pixels.shape[1]}x{pixels.shape[0]} in {len(plan)} layers"):
+            codes, _ = self.model.compress(pyramid(x, plan), qs, reconstruct_top=False)
         header = bitstream.Header(self.name, self.model_id,
                                   tuple(bitstream.LayerInfo(h, w, q) for (h, w), q in zip(plan, qs)))
         chunks = [bitstream.Chunk(tuple(c.strings), c.check) for c in codes]
@@ -116,14 +122,19 @@ class Compass:
                 raise
             chunks, damage = bitstream.read_chunks(data, header, offset, e.layer - 1), e
         codes = [LayerCode(list(c.strings), c.check) for c in chunks]
-        for j, (x, check) in enumerate(self.model.decompress_iter(codes, sizes, qs)):
-            if check != chunks[j].check:
-                raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
-                                     f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
-            if not torch.isfinite(x).all():  # symbols no encoder writes, with a check made to match (forged)
-                raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
-                                  f"below {j} are fine")
-            yield to_pixels(x)
+        decoded = self.model.decompress_iter(codes, sizes, qs)
+        for j in range(len(codes)):
+            with _memory_error(f"layer {j} ({sizes[j][1]}x{sizes[j][0]}): not enough memory to decode it; layers "
+                               f"below {j} are fine"):
+                x, check = next(decoded)
+                if check != chunks[j].check:
+                    raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
+                                         f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
+                if not torch.isfinite(x).all():  # symbols no encoder writes, with a check made to match (forged)
+                    raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
+                                      f"below {j} are fine")
+                image = to_pixels(x)
+            yield image
         if damage is not None:
             raise damage
 
@@ -136,6 +147,22 @@ class Compass:
 
     def decode_all(self, data) -> list[np.ndarray]:
         return list(self.layers(data, -1))
+
+
+@contextlib.contextmanager
+def _memory_error(message: str):
+    """Turn a failed allocation (numpy's MemoryError, torch's RuntimeError) into OutOfMemory(message).
+
+    What a system that overcommits memory kills instead of refusing cannot be caught; `max_pixels` is the guard.
+    """
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemory(message) from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):
+            raise
+        raise OutOfMemory(message) from None
 
 
 def _layer_index(layer: int, count: int) -> int:

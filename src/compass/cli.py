@@ -92,10 +92,11 @@ def _decode(args) -> int:
         save_image(codec.decode(data, args.layer), args.output)
         return 0
     out = Path(args.output)
-    for k, img in enumerate(codec.layers(data)):
-        path = out.with_name(f"{out.stem}_L{k}{out.suffix}")
+    paths = [out.with_name(f"{out.stem}_L{k}{out.suffix}") for k in range(len(codec.read_header(data)[0].layers))]
+    for path in paths:  # all of them before anything is written
         if same_file(args.input, path):
             raise CompassError(f"output {path} is the input file; choose another path")
+    for k, (path, img) in enumerate(zip(paths, codec.layers(data))):
         save_image(img, path)
         if not args.quiet:
             print(f"layer {k}: {img.shape[1]}x{img.shape[0]} -> {path}")
@@ -162,6 +163,29 @@ def _fuzz(args) -> int:
     report = run(args.cases, args.seed, args.models, args.timeout, args.memory_mb, args.only, progress=500)
     print(report.text())
     return 1 if report.failures else 0
+
+
+def _bench(args) -> int:
+    from .bench import format_report, run, write_json
+
+    log = None if args.quiet else (lambda message: print(f"compass bench: {message}", file=sys.stderr))
+    results = run(args.image, model=args.model, single=args.single, layers=args.layers, bpp=args.bpp,
+                  quality=args.quality, qp=args.qp, repeat=args.repeat, repeat_large=args.repeat_large,
+                  warmup=args.warmup, large=args.large, threads=args.threads or 1, liff_size=args.liff_size, log=log)
+    print(format_report(results))
+    if args.json:
+        write_json(results, args.json)
+    return 0
+
+
+def _size_or_none(text: str) -> tuple[int, int] | None:
+    """'3840x2160' (width x height) -> (2160, 3840); 'none' -> None."""
+    if text.lower() == "none":
+        return None
+    sizes = _sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError(f"expected one WIDTHxHEIGHT, got {text!r}")
+    return sizes[0]
 
 
 def _read(path: str) -> bytes:
@@ -258,6 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_eval)
+
+    b = sub.add_parser("bench", help="speed and memory beside the single-layer codec, JPEG 2000 and HEVC, side by "
+                                     "side (docs/performance.md)")
+    b.add_argument("--image", help="test image (default: kodim23 of Kodak under the shared data root)")
+    b.add_argument("--model", help="scalable model: registered name or weights file (default: compass-cpu when "
+                                   "registered, else random weights of the cpu size)")
+    b.add_argument("--single", help="single-layer model (default: compass-cpu-single when registered, else random)")
+    b.add_argument("--layers", type=_floats, default=[0.25, 0.5, 1.0], help="compass layers (default 0.25,0.5,1)")
+    b.add_argument("--bpp", type=float, default=0.5, help="rate every codec is set to, searched on the image "
+                                                          "(default 0.5)")
+    b.add_argument("--quality", type=float, help="compass and single-layer quality, instead of the rate search")
+    b.add_argument("--qp", type=int, help="HEVC QP, instead of the rate search")
+    b.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (default 5)")
+    b.add_argument("--repeat-large", type=int, default=2, help="timed runs on the large image (default 2)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
+    b.add_argument("--large", type=_size_or_none, default="3840x2160",
+                   help="WIDTHxHEIGHT of the large image made from the test image, or none (default 3840x2160)")
+    b.add_argument("--liff-size", type=int, default=128,
+                   help="output side of the LIFF micro-benchmark, 0 to skip it (default 128)")
+    b.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="threads of every codec (default 1)")
+    b.add_argument("--json", help="also write the results to this JSON file")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -57,7 +57,8 @@ def one_thread():
     CPU convolutions split their sums by thread count, so the hyperprior's scales computed with 1 and with 2
     threads differ in the last bits; a scale next to a boundary between two tables then picks one table in the
     encoder and the other in the decoder, and the layer fails its symbol check (2 such scales in 3.5 million on
-    Kodak, docs/reliability.md). h_a and h_s work at 1/16 and 1/64 of the image size, where one thread costs little.
+    Kodak, docs/reliability.md). h_a and h_s work on the latents, at 1/16 of the image's width and height and
+    below: about 3 % of a decode's multiply-adds.
     """
     with _THREADS:
         n = torch.get_num_threads()
@@ -137,11 +138,12 @@ class MeanScaleHyperprior(nn.Module):
         self.gaussian_conditional.update()
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, q: float) -> dict:
+    def compress(self, x: torch.Tensor, q: float, reconstruct: bool = True) -> dict:
         """Code one image (1, 3, H, W) at quality q.
 
         Returns {"strings": [y_bytes, z_bytes], "shape": (H, W), "check": symbol CRC, "x_hat": the decoder's
-        reconstruction (computed here because a scalable encoder predicts the next layer from it)}.
+        reconstruction (computed here because a scalable encoder predicts the next layer from it; None with
+        `reconstruct=False`, which skips the synthesis transform when nothing is predicted from this layer)}.
         """
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError("compress takes one image shaped (1, C, H, W)")
@@ -158,7 +160,7 @@ class MeanScaleHyperprior(nn.Module):
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
         y_hat = torch.round(y - means) + means
-        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
+        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1]) if reconstruct else None
         check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
         return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "check": check, "x_hat": x_hat}
 

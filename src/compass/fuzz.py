@@ -8,14 +8,15 @@ A worker process decodes each case with `Compass.layers` (the API path) and `bit
 one at a time, under a per-case deadline (a hang kills and restarts the worker) and an address-space limit
 (RLIMIT_AS); it reports the outcome, the time and how much the case raised its peak RSS.
 
-The first file is cut at every byte first; the other cases draw a category, a file and a damage at random.
+The first cases cut the first file at every byte; the others draw a category, a file and a damage at random.
 A case fails when decoding raises anything but a `CompassError` with a one-line message, hangs, runs out of
 memory or kills the worker; when it yields a layer of another shape than the header declares; when it yields a
-layer that differs from the original file's decode although the damage cannot legitimately change it (every
-category but the forged header fields, chunk splices and forged checks: there the decoder check is the only
-guard and is expected to catch any change of the decoded symbols); or when it ends otherwise than its
-category requires (e.g. a declared size over `max_pixels` must be a `LimitExceeded`, raised before anything
-is allocated). Case i of seed s depends only on (s, i, the models): `--only i` reproduces it.
+layer that differs from the original file's decode although the damage cannot legitimately change it (the
+decoder check must catch any change of the decoded symbols; only forged checks, edited header fields and
+chunks that another layer of the same latent shape could hold may change the image); or when it ends
+otherwise than its category requires (e.g. a declared size over `max_pixels` must be a `LimitExceeded`,
+raised before anything is allocated). Case i of seed s depends only on (s, i, the models): `--only i`
+reproduces it.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from .errors import CompassError
 FUZZ_MAX_PIXELS = 1 << 16  # the decoder's pixel limit in the fuzz cases: a within-limit decode stays fast
 API_MAX_PIXELS = 1 << 26  # compass.imageio.DEFAULT_MAX_PIXELS, the API's default (not imported: it needs torch)
 TINY = "tiny"
-CORPUS = [  # (height, width, image seed, encode options); the first file of each model is cut at every byte
+CORPUS = [  # (height, width, image seed, encode options); the first file is cut at every byte
     (24, 32, 1, {"layers": (0.5, 1), "quality": 0.7}),
     (24, 32, 2, {"layers": (0.5, 1), "quality": 0.7}),  # the first's header: its chunks can be spliced in
     (40, 56, 3, {"layers": (0.25, 0.5, 1), "quality": 0.3}),
@@ -496,6 +497,8 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
 
     import numpy as np
 
+    from .api import OutOfMemory
+
     codec = codecs[case.model]
     codec.max_pixels = case.max_pixels
     problems, got, message = [], [], ""
@@ -509,6 +512,8 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
         for img in codec.layers(data):
             got.append(img)
         outcome = "decoded"
+    except OutOfMemory as e:  # a CompassError, but over the worker's memory budget
+        outcome, message = "memory", str(e)
     except CompassError as e:
         outcome, message = type(e).__name__, str(e)
         if not message or "\n" in message:

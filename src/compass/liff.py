@@ -4,11 +4,16 @@ Stages (COMPASS, ICCV 2023): an RDN feature extractor on the lower-layer reconst
 for every target pixel the nearest source feature, its local grid offset r and the scale token s; an MLP that
 turns [unfolded feature | r | s] into a per-pixel (9C x 3) filter; prediction = unfolded feature @ filter.
 
-Feature extraction (`features`) is split from coordinate queries (`query`), and queries run in chunks, so any
-output size runs in bounded memory. The MLP's first layer and the final filter product are linear in the
-unfolded feature, which is the same for every target pixel mapped to one source pixel, so those parts are
-computed once per SOURCE pixel and gathered (`features` returns them); only the hidden layers run per target
-pixel. This is exact algebra, not an approximation (tests compare it with the direct formulation).
+Feature extraction (`features`) is split from coordinate queries (`query`). The MLP's first layer and the final
+filter product are linear in the unfolded feature, which is the same for every target pixel mapped to one source
+pixel, so those parts are computed once per SOURCE pixel and gathered; only the hidden layers run per target
+pixel. This is exact algebra, not an approximation: `direct_query`, the method as written, is the reference that
+the tests and `compass bench` compare it with.
+
+Memory is bounded at any output size: source parts are computed in fixed blocks of source rows, a chunked query
+holds one block's parts at a time and queries its targets in bands of rows, and large inputs run the RDN in row
+stripes with a halo as wide as its receptive field. Chunked queries equal one-pass ones, and striped RDN features
+whole-image ones, to the bit (tests check equality, not closeness).
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ class RDN(nn.Module):
         self.sfe2 = nn.Conv2d(c, c, 3, padding=1)
         self.blocks = nn.ModuleList(_DenseBlock(c, cfg.growth, cfg.convs) for _ in range(cfg.blocks))
         self.gff = nn.Sequential(nn.Conv2d(cfg.blocks * c, c, 1), nn.Conv2d(c, c, 3, padding=1))
+        self.halo = 3 + cfg.blocks * cfg.convs  # 3x3 convolutions in a row: the receptive field's radius
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.sfe1(x)
@@ -94,6 +100,18 @@ def local_grid(dst: int, src: int, device=None) -> torch.Tensor:
     p = -1 + (2 * i + 1) / dst
     ps = -1 + (2 * source_index(dst, src, device).double() + 1) / src
     return ((p - ps) * src).float()
+
+
+RDN_STRIPE = 1 << 19  # source pixels per RDN stripe; smaller inputs run whole
+PARTS_BLOCK = 1 << 14  # source pixels per block of source parts
+
+
+def source_blocks(h: int, w: int) -> list[tuple[int, int]]:
+    """Row ranges of the blocks in which a (h, w) feature map's source parts are computed: equal heights, each
+    about PARTS_BLOCK pixels (whole rows), one block for maps up to that size."""
+    count = -(-h * w // PARTS_BLOCK)
+    rows = -(-h // count)
+    return [(r, min(h, r + rows)) for r in range(0, h, rows)]
 
 
 class LIFF(nn.Module):
@@ -124,30 +142,53 @@ class LIFF(nn.Module):
         b = last.bias.view(d, 3).t()
         return w, b
 
-    def unfold(self, x: torch.Tensor) -> torch.Tensor:
-        """RDN features of the normalized image, unfolded over 3x3 neighbourhoods: (B, 9C, h, w)."""
-        f = self.rdn((x - 0.5) / 0.5)
-        b, c, h, w = f.shape
-        return F.unfold(f, 3, padding=1).view(b, c * 9, h, w)
+    def features(self, x: torch.Tensor, stripe: int | None = RDN_STRIPE) -> torch.Tensor:
+        """RDN features of the normalized image: (B, C, h, w).
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-source-pixel parts of the MLP, channels last: (B, h, w, hidden0 + 3*hidden_last + 3).
-
-        Channels: first-layer pre-activation (without the r, s terms); then G (3 x hidden_last), the unfolded
-        feature contracted with the last layer's weight; then beta (3), contracted with its bias.
+        Inputs above `stripe` pixels run in row stripes of about that size, each with `rdn.halo` rows of context
+        on either side: every kept row sees exactly the inputs it sees in a whole-image pass.
         """
-        u = self.unfold(x)
+        x = (x - 0.5) / 0.5
+        b, _, h, w = x.shape
+        if stripe is None or h * w <= stripe:
+            return self.rdn(x)
+        count = -(-h * w // stripe)
+        rows = -(-h // count)  # `count` stripes of equal height
+        halo = self.rdn.halo
+        f = x.new_empty(b, self.config.feat, h, w)
+        for r in range(0, h, rows):
+            lo, hi = max(0, r - halo), min(h, r + rows + halo)
+            f[:, :, r:r + rows] = self.rdn(x[:, :, lo:hi])[:, :, r - lo:r - lo + rows]
+        return f
+
+    def source_parts(self, f: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """Per-source-pixel parts of the MLP for feature rows r0..r1-1, channels last: (B, rows, w, k).
+
+        k = hidden0 + 3 * hidden_last + 3. Channels: the first layer's pre-activation without the r, s terms;
+        then G (3 x hidden_last), the unfolded feature contracted with the last layer's weight; then beta (3),
+        contracted with its bias. Rows outside the image unfold as zeros, as in a whole-image unfold.
+        """
+        b, c, h, w = f.shape
+        lo, hi = max(0, r0 - 1), min(h, r1 + 1)
+        rows = F.pad(f[:, :, lo:hi], (0, 0, lo - (r0 - 1), r1 + 1 - hi))
+        u = F.unfold(rows, 3, padding=(0, 1)).view(b, c * 9, r1 - r0, w)
         w1, _, b1 = self._split_first()
         wl, bl = self._split_last()
         proj = torch.cat([w1, wl.reshape(-1, wl.shape[-1]), bl], 0)
         bias = torch.cat([b1, torch.zeros(proj.shape[0] - b1.shape[0], device=b1.device, dtype=b1.dtype)])
         return F.linear(u.permute(0, 2, 3, 1), proj, bias)
 
-    def query(self, feats: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
-        """Predict (B, 3, H, W) at `size` from `features(x)`; `chunk` bounds the target pixels per MLP pass."""
-        b, h, w, k = feats.shape
+    def query(self, f: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
+        """Predict (B, 3, H, W) at `size` from `features(x)`; `chunk` bounds the target pixels per MLP pass.
+
+        Source parts are computed in fixed blocks of source rows (`source_blocks`, set by the feature size alone),
+        whatever `chunk`, so chunked and one-pass queries make the same calls and give the same floats. With a
+        chunk, each block's targets are queried in bands of rows while only that block's parts are held: memory
+        follows `chunk` and the block size, not the image size.
+        """
+        b, _, h, w = f.shape
         H, W = size
-        dev = feats.device
+        dev = f.device
         iy, ix = source_index(H, h, dev), source_index(W, w, dev)
         _, wrs, _ = self._split_first()
         # first-layer terms of the local grid and scale token; separable in (row, column)
@@ -155,19 +196,53 @@ class LIFF(nn.Module):
         col = local_grid(W, w, dev)[:, None] * wrs[:, 1] + wrs[:, 2] * (2 * h / H) + wrs[:, 3] * (2 * w / W)
         h0 = self.layers[0].out_features
         hl = self.layers[-1].in_features
-        flat = feats.reshape(b, h * w, k)
-        step = H if chunk is None else max(1, chunk // W)
-        out = []
-        for r in range(0, H, step):
-            rows = iy[r:r + step]
-            idx = (rows[:, None] * w + ix[None, :]).reshape(-1)
-            g = flat.index_select(1, idx).view(b, rows.numel(), W, k)  # nearest source parts per target pixel
+
+        def mlp(parts: torch.Tensor, s0: int, r0: int, r1: int) -> torch.Tensor:
+            """Target rows r0..r1-1 from the parts of source rows s0.. (channels last)."""
+            idx = ((iy[r0:r1, None] - s0) * w + ix[None, :]).reshape(-1)
+            g = parts.reshape(b, -1, parts.shape[-1]).index_select(1, idx).view(b, r1 - r0, W, -1)
             first, G, beta = g.split([h0, 3 * hl, 3], -1)  # split: one allocation in backward, not three
-            a = F.relu(first + row[r:r + step, None, :] + col)
+            a = F.relu(first + row[r0:r1, None, :] + col)
             for layer in self.layers[1:-1]:
                 a = F.relu(layer(a))
-            out.append((G.unflatten(-1, (3, hl)) * a.unsqueeze(-2)).sum(-1) + beta)
+            return (G.unflatten(-1, (3, hl)) * a.unsqueeze(-2)).sum(-1) + beta
+
+        blocks = source_blocks(h, w)
+        if chunk is None:
+            parts = torch.cat([self.source_parts(f, s0, s1) for s0, s1 in blocks], 1)
+            out = [mlp(parts, 0, 0, H)]
+        else:
+            out = []
+            for s0, s1 in blocks:
+                t0, t1 = (int(t) for t in torch.searchsorted(iy, torch.tensor([s0, s1], device=dev)))
+                if t0 == t1:
+                    continue
+                parts = self.source_parts(f, s0, s1)
+                bands = -(-(t1 - t0) * W // chunk)
+                rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
+                out += [mlp(parts, s0, r, min(t1, r + rows)) for r in range(t0, t1, rows)]
         return 0.5 + 0.5 * torch.cat(out, 1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
         return self.query(self.features(x), size, chunk)
+
+
+def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The reference: LIFF as the method writes it, evaluated per TARGET pixel, from RDN features `f`.
+
+    For every target pixel: MLP([unfolded nearest source feature | r | s]) -> a (9C x 3) filter, prediction =
+    feature @ filter. `LIFF.query` must equal it up to float rounding; tests and `compass bench` (speed, multiply-
+    adds) compare the two. Memory grows with H * W * 27C: for small sizes only.
+    """
+    H, W = size
+    b, c, h, w = f.shape
+    u = F.unfold(f, 3, padding=1).view(b, 9 * c, h, w)
+    feat = u[:, :, source_index(H, h, f.device)][:, :, :, source_index(W, w, f.device)].permute(0, 2, 3, 1)
+    grid = torch.meshgrid(local_grid(H, h, f.device), local_grid(W, w, f.device), indexing="ij")
+    r = torch.stack(grid, -1).to(f.dtype)
+    s = torch.tensor([2 * h / H, 2 * w / W], dtype=f.dtype, device=f.device).expand(H, W, 2)
+    a = torch.cat([feat, r.expand(b, H, W, 2), s.expand(b, H, W, 2)], -1)
+    for layer in m.layers[:-1]:
+        a = F.relu(layer(a))
+    filt = m.layers[-1](a).view(b, H, W, 9 * c, 3)
+    return 0.5 + 0.5 * torch.einsum("bhwd,bhwdc->bchw", feat, filt)

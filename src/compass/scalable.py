@@ -61,17 +61,23 @@ class ScalableCodec(nn.Module):
         return {"x_hat": x_hats, "pred": preds, "likelihoods": liks}
 
     @torch.no_grad()
-    def compress(self, layers: list[torch.Tensor], qualities: list[float]) -> tuple[list[LayerCode], list[torch.Tensor]]:
-        """Code I^0..I^K (each (1, 3, H, W)) with one quality per layer; returns codes and reconstructions."""
+    def compress(self, layers: list[torch.Tensor], qualities: list[float],
+                 reconstruct_top: bool = True) -> tuple[list[LayerCode], list[torch.Tensor | None]]:
+        """Code I^0..I^K (each (1, 3, H, W)) with one quality per layer; returns codes and reconstructions.
+
+        `reconstruct_top=False` skips the top layer's synthesis transform, which no prediction needs (the codes
+        are the same); its reconstruction is then None.
+        """
         if len(layers) != len(qualities):
             raise ValueError("one quality per layer")
-        out = self.base.compress(layers[0], qualities[0])
+        top = len(layers) - 1
+        out = self.base.compress(layers[0], qualities[0], reconstruct_top or top > 0)
         codes, recons = [LayerCode(out["strings"], out["check"])], [out["x_hat"]]
-        for target, q in zip(layers[1:], qualities[1:]):
+        for k, (target, q) in enumerate(zip(layers[1:], qualities[1:]), 1):
             pred = self.predict(recons[-1], tuple(target.shape[-2:]))
-            out = self.residual.compress(target - pred, q)
+            out = self.residual.compress(target - pred, q, reconstruct_top or k < top)
             codes.append(LayerCode(out["strings"], out["check"]))
-            recons.append(pred + out["x_hat"])
+            recons.append(None if out["x_hat"] is None else pred + out["x_hat"])
         return codes, recons
 
     @torch.no_grad()

@@ -74,6 +74,7 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
     for m in modules.values():
         round_to_half(m)
         if isinstance(m, MeanScaleHyperprior):
+            m.entropy_bottleneck.fit_quantiles()
             m.update()
     obj = {"format": WEIGHTS_FORMAT, "name": name, "config": configs, "info": info or {},
            "state": {k: _half_state(m) for k, m in modules.items()}}

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -108,8 +109,16 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         opt.load_state_dict(ck["optimizer"])
         if aux_opt is not None and ck.get("aux_optimizer"):
             aux_opt.load_state_dict(ck["aux_optimizer"])
-        sampler.set_state(ck["sampler"][rank] if rank < len(ck["sampler"]) else ck["sampler"][0])
-        gen.set_state(ck["generator"])
+            for g in aux_opt.param_groups:  # the recipe's aux lr wins over the one saved
+                g["lr"] = tcfg["aux_lr"]
+        if rank < len(ck["sampler"]):
+            sampler.set_state(ck["sampler"][rank])
+        else:  # more processes than the run that saved: a fresh stream for this rank, not a copy of rank 0's
+            sampler.rng = np.random.default_rng([seed, rank, ck["step"]])
+        if rank == 0:
+            gen.set_state(ck["generator"])
+        else:  # only rank 0's generator is saved
+            gen.manual_seed(seed * 1000 + rank + 1 + ck["step"])
         if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
             torch.set_rng_state(ck["torch_rng"])
         step, elapsed, init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")

@@ -72,9 +72,10 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
     `configs`: {"codec": CodecConfig dict, "liff": LiffConfig dict (scalable only)}.
     """
     for m in modules.values():
+        if isinstance(m, MeanScaleHyperprior):
+            m.entropy_bottleneck.fit_quantiles()  # before rounding: the tables come from the stored quantiles
         round_to_half(m)
         if isinstance(m, MeanScaleHyperprior):
-            m.entropy_bottleneck.fit_quantiles()
             m.update()
     obj = {"format": WEIGHTS_FORMAT, "name": name, "config": configs, "info": info or {},
            "state": {k: _half_state(m) for k, m in modules.items()}}

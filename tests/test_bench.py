@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compass import bench
 from compass.cli import main
+from compass.procstat import peak_rss_mb, reset_peak
 from compass.imageio import save_image, to_pixels
 from compass.liff import LIFF, LIFF_SIZES, direct_query
 
@@ -93,10 +94,6 @@ def test_mac_counts_match_the_operations_run(widths, scale):
     assert macs["ratio"] > 1
 
 
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current resident size (Linux >= 4.0)
-
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
 def test_chunked_query_memory_is_bounded_by_the_chunk():
     """A 1024x1024 query with chunk=2^14 holds a few MB per band; one pass holds every target pixel's MLP."""
@@ -107,11 +104,11 @@ def test_chunked_query_memory_is_bounded_by_the_chunk():
     def growth(chunk) -> float:
         with torch.no_grad():
             m.query(f[:, :, :16, :16], (64, 64), chunk)  # kernels and allocator warmed up
-            _reset_peak()
-            base = bench.peak_rss_mb()
+            reset_peak()
+            base = peak_rss_mb()
             out = m.query(f, (1024, 1024), chunk)
             assert out.shape == (1, 3, 1024, 1024)
-            return bench.peak_rss_mb() - base
+            return peak_rss_mb() - base
 
     output_mb = 1024 * 1024 * 3 * 4 / 2**20
     chunked, whole = growth(1 << 14), growth(None)

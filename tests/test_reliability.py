@@ -172,14 +172,14 @@ def test_refusals_of_huge_declarations_come_before_any_allocation(tiny_codec, ph
 
 _OOM_SCRIPT = r"""
 import resource, sys, numpy as np
-from compass import fuzz
+from compass.procstat import status_mb
 from compass.api import Compass, OutOfMemory
 from compass.cli import main
 weights, cmp_path, png_path = sys.argv[1:]
 codec = Compass(weights)
 data = codec.encode(np.full((512, 512, 3), 128, np.uint8), layers=(1, 1))
 open(cmp_path, "wb").write(data)
-resource.setrlimit(resource.RLIMIT_AS, (int((fuzz._memory_mb("VmSize") + 40) * 2**20), resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_AS, (int((status_mb("VmSize") + 40) * 2**20), resource.RLIM_INFINITY))
 try:
     codec.decode(data)
 except OutOfMemory as e:

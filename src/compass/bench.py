@@ -15,11 +15,9 @@ See docs/performance.md for the method and the results.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompassError
+from .procstat import peak_rss_mb, status_mb
 
 LARGE_SIZE = (2160, 3840)  # (height, width)
 DECODE_RATIO_TARGET = 1.5  # decode of all 3 layers / single-layer decode at the top size (the issue's target)
@@ -49,23 +48,6 @@ def stats(seconds: list[float]) -> dict:
     q1, med, q3 = np.percentile(ms, [25, 50, 75])
     return {"median": float(med), "q1": float(q1), "q3": float(q3), "min": float(ms.min()), "max": float(ms.max()),
             "n": int(ms.size)}
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return next((int(l.split()[1]) / 1024 for l in text.splitlines() if l.startswith(field + ":")), None)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (VmHWM; getrusage where /proc is missing)."""
-    peak = _status_mb("VmHWM")
-    if peak is None:
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    return peak
 
 
 class Sections:
@@ -206,7 +188,7 @@ def _scalable(spec: dict):
 def _job_compass_encode(spec: dict, pixels: np.ndarray) -> dict:
     codec, sec = _scalable(spec)
     plan = codec.plan(*pixels.shape[:2], layers=spec["layers"])
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
     times, runs, data = _measure(lambda: codec.encode(pixels, sizes=plan, quality=spec["quality"]),
                                  spec["warmup"], spec["repeat"], sec)
     Path(spec["stream"]).write_bytes(data)
@@ -219,7 +201,7 @@ def _job_compass_decode(spec: dict, pixels: np.ndarray) -> dict:
 
     codec, sec = _scalable(spec)
     data = Path(spec["stream"]).read_bytes()
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
 
     def decode() -> list[float]:
         """Decode every layer; seconds from the start to each layer's pixels."""
@@ -255,7 +237,7 @@ def _job_single_encode(spec: dict, pixels: np.ndarray) -> dict:
     from .imageio import to_tensor
 
     codec, sec = _single(spec)
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
     # a single-layer encoder needs no reconstruction (as compass's top layer)
     times, runs, out = _measure(lambda: codec.compress(to_tensor(pixels), spec["quality"], reconstruct=False),
                                 spec["warmup"], spec["repeat"], sec)
@@ -269,32 +251,18 @@ def _job_single_decode(spec: dict, pixels: np.ndarray) -> dict:
 
     codec, sec = _single(spec)
     strings = [bytes.fromhex(s) for s in json.loads(Path(spec["stream"]).read_text())]
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
     times, runs, _ = _measure(lambda: to_pixels(codec.decompress(strings, pixels.shape[:2], spec["quality"])["x_hat"]),
                               spec["warmup"], spec["repeat"], sec)
     return {"decode": stats(times), "decode_sections": section_summary(runs, times), "rss_ready_mb": ready,
             "peak_mb": peak_rss_mb()}
 
 
-def _hevc_encode(pixels: np.ndarray, qp: int, threads: int) -> bytes:
-    """HEVC intra 4:4:4 with the settings of `evaluate.baselines.hevc444`; x265 gets `threads` when above 1."""
-    import pillow_heif
-
+def _hevc_params(threads: int) -> dict:
+    """The baselines' x265 settings; x265 gets `threads` worker threads when above 1."""
     from .evaluate.baselines import HEVC_ENC_PARAMS
 
-    params = dict(HEVC_ENC_PARAMS, **{"x265:qp": str(int(qp))})
-    if threads > 1:
-        params["x265:pools"] = str(threads)
-    buf = io.BytesIO()
-    h, w = pixels.shape[:2]
-    pillow_heif.encode("RGB", (w, h), pixels.tobytes(), buf, chroma=444, tile_size=0, enc_params=params)
-    return buf.getvalue()
-
-
-def _hevc_decode(data: bytes) -> np.ndarray:
-    import pillow_heif
-
-    return np.asarray(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)[0].to_pillow().convert("RGB"))
+    return dict(HEVC_ENC_PARAMS, **{"x265:pools": str(threads)}) if threads > 1 else HEVC_ENC_PARAMS
 
 
 def _classical(spec: dict, pixels: np.ndarray):
@@ -305,13 +273,13 @@ def _classical(spec: dict, pixels: np.ndarray):
         encode = lambda: baselines._j2k_encode(pixels, irreversible=True, quality_mode="rates",  # noqa: E731
                                                quality_layers=[24.0 / spec["bpp"]])
         return encode, lambda data: baselines._j2k_decode(data, 0), len
-    encode = lambda: _hevc_encode(pixels, spec["qp"], spec["threads"])  # noqa: E731
-    return encode, _hevc_decode, baselines.hevc_stream_bytes
+    encode = lambda: baselines.hevc_encode(pixels, spec["qp"], _hevc_params(spec["threads"]))  # noqa: E731
+    return encode, baselines.hevc_decode, baselines.hevc_stream_bytes
 
 
 def _job_classical_encode(spec: dict, pixels: np.ndarray) -> dict:
     encode, _, counted = _classical(spec, pixels)
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
     times, _, data = _measure(encode, spec["warmup"], spec["repeat"])
     Path(spec["stream"]).write_bytes(data)
     return {"encode": stats(times), "bytes": counted(data), "rss_ready_mb": ready, "peak_mb": peak_rss_mb()}
@@ -320,7 +288,7 @@ def _job_classical_encode(spec: dict, pixels: np.ndarray) -> dict:
 def _job_classical_decode(spec: dict, pixels: np.ndarray) -> dict:
     _, decode, _ = _classical(spec, pixels)
     data = Path(spec["stream"]).read_bytes()
-    ready = _status_mb("VmRSS")
+    ready = status_mb("VmRSS")
     times, _, img = _measure(lambda: decode(data), spec["warmup"], spec["repeat"])
     if img.shape != pixels.shape:
         raise CompassError(f"{spec['codec']} decoded {img.shape}, expected {pixels.shape}")
@@ -409,13 +377,13 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
 
     from .api import Compass
     from .bitstream import quantize_quality
-    from .evaluate.baselines import hevc_stream_bytes
+    from .evaluate.baselines import hevc_encode, hevc_stream_bytes
     from .imageio import to_tensor
     from .weights import build_codec, load_weights
 
     px = pixels.shape[0] * pixels.shape[1]
     out = {"target_bpp": bpp, "jpeg2000_bpp": bpp, "calibrated": trained}
-    hevc = _bisect(lambda qp: hevc_stream_bytes(_hevc_encode(pixels, 51 - qp, threads)) * 8 / px, 0, 51, bpp, 8,
+    hevc = _bisect(lambda qp: hevc_stream_bytes(hevc_encode(pixels, 51 - qp, _hevc_params(threads))) * 8 / px, 0, 51, bpp, 8,
                    integer=True)
     out["hevc_qp"] = 51 - hevc[0]
     if not trained:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import bitstream
 from .errors import CompassError
+from .procstat import reset_peak, status_mb
 
 FUZZ_MAX_PIXELS = 1 << 16  # the decoder's pixel limit in the fuzz cases: a within-limit decode stays fast
 API_MAX_PIXELS = 1 << 26  # compass.imageio.DEFAULT_MAX_PIXELS, the API's default (not imported: it needs torch)
@@ -447,24 +448,6 @@ def _image(height: int, width: int, seed: int | None):
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
-def _memory_mb(name: str) -> float:
-    """A figure of /proc/self/status in MiB: VmRSS (resident), VmHWM (its peak), VmSize (address space); Linux only,
-    0 elsewhere."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0.0
-    return next((int(l.split()[1]) / 1024 for l in status.splitlines() if l.startswith(name + ":")), 0.0)
-
-
-def _reset_peak() -> None:
-    """Set VmHWM back to the current resident size, so that it measures the next case alone (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def _weights(spec: str, workdir: str):
     """A model spec as `Compass` takes it; "tiny:SEED" is built (once) into `workdir`."""
     if not spec.startswith(TINY + ":"):
@@ -502,8 +485,8 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
     codec = codecs[case.model]
     codec.max_pixels = case.max_pixels
     problems, got, message = [], [], ""
-    _reset_peak()
-    rss0 = _memory_mb("VmRSS")
+    reset_peak()
+    rss0 = status_mb("VmRSS", 0.0)
     if case.traced:
         tracemalloc.start()
     start = time.process_time()
@@ -554,7 +537,7 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
             outcome in case.expect or ("error" in case.expect and outcome not in ("identical", "differs"))):
         problems.append(f"expected {' or '.join(case.expect)}")
     return {"outcome": outcome, "message": " ".join(message.split())[:300], "layers": len(got),
-            "seconds": seconds, "rss_growth_mb": _memory_mb("VmHWM") - rss0, "peak_mb": _memory_mb("VmHWM"),
+            "seconds": seconds, "rss_growth_mb": status_mb("VmHWM", 0.0) - rss0, "peak_mb": status_mb("VmHWM", 0.0),
             "problems": problems}
 
 
@@ -574,11 +557,11 @@ def _worker(conn, specs: list[str], workdir: str, memory_mb: int) -> None:
     except Exception as e:
         conn.send({"error": f"{type(e).__name__}: {e}"})
         return
-    vm = _memory_mb("VmSize")
+    vm = status_mb("VmSize", 0.0)
     if vm:
         resource.setrlimit(resource.RLIMIT_AS, (int((vm + memory_mb) * 2**20), resource.RLIM_INFINITY))
     conn.send({"corpus": corpus, "models": [f"{c.name} ({c.model_id.hex()})" for c in codecs],
-               "rss_mb": _memory_mb("VmRSS")})
+               "rss_mb": status_mb("VmRSS", 0.0)})
     while (case := conn.recv()) is not None:
         conn.send(_run(case, codecs, refs))
 

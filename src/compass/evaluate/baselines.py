@@ -313,6 +313,20 @@ def hevc_stream_bytes(heif: bytes) -> int:
     return total + sum(4 + n for n in _nal_units(item, length_size))
 
 
+def hevc_encode(image: np.ndarray, qp: int, enc_params: dict = HEVC_ENC_PARAMS) -> bytes:
+    """A .heic file of `image` (uint8 RGB): HEVC intra 4:4:4, constant QP, x265 options `enc_params`."""
+    h, w = image.shape[:2]
+    buf = io.BytesIO()
+    pillow_heif.encode("RGB", (w, h), image.tobytes(), buf, chroma=444, tile_size=0,
+                       enc_params=dict(enc_params, **{"x265:qp": str(int(qp))}))
+    return buf.getvalue()
+
+
+def hevc_decode(data: bytes) -> np.ndarray:
+    """uint8 RGB pixels of a .heic file (libde265 through pillow-heif)."""
+    return _rgb(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)[0].to_pillow())
+
+
 def hevc444(image: np.ndarray, qp: int, enc_params: dict = HEVC_ENC_PARAMS) -> Coded:
     """HEVC intra, YCbCr 4:4:4 (BT.601 full range, as libheif converts), constant QP, x265 through pillow-heif.
 
@@ -322,12 +336,8 @@ def hevc444(image: np.ndarray, qp: int, enc_params: dict = HEVC_ENC_PARAMS) -> C
     (`hevc_stream_bytes`); info["file_bytes"] has the .heic size, the difference being container overhead.
     """
     image = _check_image(image)
-    h, w = image.shape[:2]
-    buf = io.BytesIO()
-    pillow_heif.encode("RGB", (w, h), image.tobytes(), buf, chroma=444, tile_size=0,
-                       enc_params=dict(enc_params, **{"x265:qp": str(int(qp))}))
-    data = buf.getvalue()
-    decoded = _rgb(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)[0].to_pillow())
+    data = hevc_encode(image, qp, enc_params)
+    decoded = hevc_decode(data)
     if decoded.shape != image.shape:
         raise ValueError(f"HEVC decode returned {decoded.shape} for {image.shape}")
     return Coded(decoded, hevc_stream_bytes(data), {"counted": "HEVC stream (Annex-B)", "qp": int(qp),

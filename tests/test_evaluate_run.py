@@ -93,6 +93,7 @@ def test_quick_run_fills_every_cell(quick):
     assert sum(e["bd_psnr"] is not None for per in bd.values() for e in per.values()) >= 40
     report = (out / "report.md").read_text()
     assert "*paper: SHVC*" in report and "-53.88" in report
+    assert "2 images from" in report and "subset" not in report
     cited = set(re.findall(r"n/a\[\^(\d+)\]", report))
     assert cited == set(re.findall(r"^\[\^(\d+)\]: .+$", report, re.M))  # every footnote cited and defined
 
@@ -195,6 +196,7 @@ def test_cli_eval(crops, tiny_weights, tiny_single_weights, tmp_path, capsys):
     assert "Simulcast (single-layer codec)" in printed and "HEVC" not in printed
     assert (out / "report.md").is_file() and (out / "cache").is_dir()
     assert len(json.loads((out / "results.json").read_text())["setup"]["images"]) == 1
+    assert "(img0.png .. img0.png; the first 1 of its 2, a subset)" in (out / "report.md").read_text()
 
     assert main(["eval", "--data", str(crops), "--out", str(out), "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err.strip()

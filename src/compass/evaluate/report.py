@@ -124,7 +124,9 @@ def report_markdown(results: dict, visual: bool) -> str:
     plots = "\n".join(f"![{c}](rd_{c}.png)" for c in setup["configs"])
     parts = [
         f"# Rate-distortion evaluation: {Path(setup['data']).name}",
-        f"{len(names)} images from `{setup['data']}` ({names[0]} .. {names[-1]})"
+        f"{len(names)} images from `{setup['data']}` ({names[0]} .. {names[-1]}"
+        + (f"; the first {len(names)} of its {setup['images_in_folder']}, a subset"
+           if setup.get("images_in_folder", len(names)) > len(names) else "") + ")"
         + (", **quick run** (3 rate points per method)" if setup["quick"] else "")
         + f". {stats['jobs']} coding jobs, {stats['run']} run and {stats['cached']} from the cache, "
           f"{stats['seconds']:.0f} s.",

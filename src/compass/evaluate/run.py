@@ -431,6 +431,7 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
 
     results = {
         "setup": {"data": str(folder), "quick": quick, "models": ctx.models,
+                  "images_in_folder": len(list_images(folder)),
                   "images": [{"name": im.name, "sha256": im.sha256, "height": im.size[0], "width": im.size[1]}
                              for im in test_images],
                   "configs": {c.name: {"layers": c.layers, "top": c.top, "scales": list(c.scales),

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from compass.train import train
-from compass.train.loop import NonFiniteLoss
+from compass.train.loop import NonFiniteLoss, plot_log
 from compass.train.stages import sample_sizes
 
 from conftest import REPO, synthetic_image
@@ -137,6 +137,21 @@ def test_init_from_shipped_weights(tmp_path, data_dir):
     assert ck["init_from"] == str(path)
     for k, v in want.items():
         assert torch.equal(v, ck["modules"]["codec"][k]), k
+
+
+def test_curves_show_a_bpp_panel_only_for_stages_that_code(tmp_path):
+    fields = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
+    widths = {}
+    for stage, bpp in (("joint", "0.5"), ("liff", "")):
+        log = tmp_path / f"{stage}.csv"
+        with open(log, "w", newline="") as f:
+            w = csv.DictWriter(f, fields)
+            w.writeheader()
+            w.writerow(dict(step=50, elapsed_s=1, kind="train", setting="", loss=2.0, bpp=bpp, psnr=25, aux="", lr=1))
+            w.writerow(dict(step=100, elapsed_s=2, kind="val", setting="2x", loss=1.0, bpp=bpp, psnr=26, aux="", lr=1))
+        plot_log(log, tmp_path / f"{stage}.png")
+        widths[stage] = Image.open(tmp_path / f"{stage}.png").width
+    assert widths["liff"] * 3 == widths["joint"] * 2  # three panels of equal width against two
 
 
 def test_sample_sizes_respects_limits():

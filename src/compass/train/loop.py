@@ -241,7 +241,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def plot_log(log_path: Path, out_path: Path) -> None:
-    """Learning curves from the CSV log: training loss, and validation bpp / PSNR per q."""
+    """Learning curves from the CSV log: training loss; validation bpp (stages that code) and PSNR per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,19 +253,22 @@ def plot_log(log_path: Path, out_path: Path) -> None:
         rows = list(csv.DictReader(f))
     train = [r for r in rows if r["kind"] == "train"]
     val = [r for r in rows if r["kind"] == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    coded = any(r["bpp"] for r in val)
+    fig, axes = plt.subplots(1, 3 if coded else 2, figsize=(15 if coded else 10, 4))
+    loss_ax, bpp_ax, psnr_ax = axes if coded else (axes[0], None, axes[1])
     if train:
-        axes[0].plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train], lw=0.6)
-        axes[0].set_yscale("log")
-    axes[0].set(title="training loss", xlabel="step")
+        loss_ax.plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train], lw=0.6)
+        loss_ax.set_yscale("log")
+    loss_ax.set(title="training loss", xlabel="step")
     for setting in sorted({r.get("setting", r.get("q")) for r in val}):
         vs = [r for r in val if r.get("setting", r.get("q")) == setting]
         st = [int(r["step"]) for r in vs]
-        if any(r["bpp"] for r in vs):
-            axes[1].plot(st, [float(r["bpp"]) for r in vs], marker=".", label=setting)
-        axes[2].plot(st, [float(r["psnr"]) for r in vs], marker=".", label=setting)
-    axes[1].set(title="validation bpp (accumulated)", xlabel="step")
-    axes[2].set(title="validation PSNR (dB)", xlabel="step")
+        if bpp_ax is not None and any(r["bpp"] for r in vs):
+            bpp_ax.plot(st, [float(r["bpp"]) for r in vs], marker=".", label=setting)
+        psnr_ax.plot(st, [float(r["psnr"]) for r in vs], marker=".", label=setting)
+    if bpp_ax is not None:
+        bpp_ax.set(title="validation bpp (accumulated)", xlabel="step")
+    psnr_ax.set(title="validation PSNR (dB)", xlabel="step")
     for ax in axes[1:]:
         if ax.lines:
             ax.legend(fontsize=7)

@@ -201,3 +201,13 @@ def test_cli_eval(crops, tiny_weights, tiny_single_weights, tmp_path, capsys):
     assert main(["eval", "--data", str(crops), "--out", str(out), "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'no-such-model'" in err and "not available" in err
+
+
+def test_committed_results_name_no_machine_path(monkeypatch, tmp_path):
+    from compass.paths import REPO_ROOT, portable
+
+    monkeypatch.setenv("COMPASS_SHARED", str(tmp_path / "shared"))
+    assert portable(tmp_path / "shared" / "data" / "kodak") == "<shared>/data/kodak"
+    assert portable(REPO_ROOT / "examples" / "kingfisher.png") == "./examples/kingfisher.png"
+    assert portable(REPO_ROOT) == "."
+    assert portable(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # the user's own path, as given

@@ -21,3 +21,14 @@ def shared_dir() -> Path:
 def data_dir(name: str) -> Path:
     """A data set folder under the shared data root, e.g. data_dir("kodak")."""
     return shared_dir() / "data" / name
+
+
+def portable(path: str | Path) -> str:
+    """`path` as it may be written into committed results: under the shared root as `<shared>/...`, under the
+    repository relative to it, anything else as given (a machine's absolute path must not end up in docs)."""
+    p = Path(path).resolve()
+    for root, shown in ((shared_dir().resolve(), "<shared>"), (REPO_ROOT, ".")):
+        if p == root or root in p.parents:
+            rel = p.relative_to(root).as_posix()
+            return shown if rel == "." else f"{shown}/{rel}"
+    return str(path)

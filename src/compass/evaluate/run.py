@@ -53,7 +53,7 @@ from ..api import Compass
 from ..errors import CompassError
 from ..fileutil import atomic_write_bytes
 from ..imageio import load_image, to_pixels, to_tensor
-from ..paths import data_dir
+from ..paths import data_dir, portable
 from ..resample import plan_from_scales, resize
 from ..weights import DEFAULT_MODEL, DEFAULT_SINGLE, WeightsError, build_codec, load_weights
 from .baselines import BASELINES, HEVC_ENC_PARAMS, jpeg2000_levels, jpeg2000_lowpass
@@ -333,7 +333,8 @@ class _Context:
 
 
 def _describe(obj: dict, source, digest: str) -> dict:
-    return {"name": obj["name"], "source": str(source), "sha256": digest, "config": obj["config"],
+    shown = portable(source) if Path(source).is_file() else str(source)  # a weights file, or a registered name
+    return {"name": obj["name"], "source": shown, "sha256": digest, "config": obj["config"],
             "info": obj.get("info", {})}
 
 
@@ -430,7 +431,7 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
         records[h] = rec
 
     results = {
-        "setup": {"data": str(folder), "quick": quick, "models": ctx.models,
+        "setup": {"data": portable(folder), "quick": quick, "models": ctx.models,
                   "images_in_folder": len(list_images(folder)),
                   "images": [{"name": im.name, "sha256": im.sha256, "height": im.size[0], "width": im.size[1]}
                              for im in test_images],

@@ -383,7 +383,8 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
 
     px = pixels.shape[0] * pixels.shape[1]
     out = {"target_bpp": bpp, "jpeg2000_bpp": bpp, "calibrated": trained}
-    hevc = _bisect(lambda qp: hevc_stream_bytes(hevc_encode(pixels, 51 - qp, _hevc_params(threads))) * 8 / px, 0, 51, bpp, 8,
+    params = _hevc_params(threads)
+    hevc = _bisect(lambda qp: hevc_stream_bytes(hevc_encode(pixels, 51 - qp, params)) * 8 / px, 0, 51, bpp, 8,
                    integer=True)
     out["hevc_qp"] = 51 - hevc[0]
     if not trained:

@@ -536,9 +536,9 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
     if case.expect and outcome not in FAILURES and not (
             outcome in case.expect or ("error" in case.expect and outcome not in ("identical", "differs"))):
         problems.append(f"expected {' or '.join(case.expect)}")
+    peak = status_mb("VmHWM", 0.0)
     return {"outcome": outcome, "message": " ".join(message.split())[:300], "layers": len(got),
-            "seconds": seconds, "rss_growth_mb": status_mb("VmHWM", 0.0) - rss0, "peak_mb": status_mb("VmHWM", 0.0),
-            "problems": problems}
+            "seconds": seconds, "rss_growth_mb": peak - rss0, "peak_mb": peak, "problems": problems}
 
 
 def _worker(conn, specs: list[str], workdir: str, memory_mb: int) -> None:

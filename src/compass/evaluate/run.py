@@ -401,7 +401,8 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
     chosen = _check_methods(methods)
     cfgs = _check_configs(configs)
     folder = Path(data) if data is not None else data_dir("kodak")
-    paths = list_images(folder, images or (QUICK_IMAGES if quick else None))
+    in_folder = list_images(folder)
+    paths = in_folder[:images or (QUICK_IMAGES if quick else None)]
     ctx = _Context(chosen, model, single)
     sweeps = QUICK_SWEEPS if quick else SWEEPS
     if out is not None and cache is None:
@@ -432,7 +433,7 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
 
     results = {
         "setup": {"data": portable(folder), "quick": quick, "models": ctx.models,
-                  "images_in_folder": len(list_images(folder)),
+                  "images_in_folder": len(in_folder),
                   "images": [{"name": im.name, "sha256": im.sha256, "height": im.size[0], "width": im.size[1]}
                              for im in test_images],
                   "configs": {c.name: {"layers": c.layers, "top": c.top, "scales": list(c.scales),

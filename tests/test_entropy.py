@@ -215,6 +215,20 @@ def test_scale_index_is_the_nearest_level_in_log():
     assert torch.equal(idx[L:2 * L - 1], torch.arange(L - 1))
     assert torch.equal(idx[2 * L - 1:3 * L - 2], torch.arange(1, L))
     assert idx[-4:].tolist() == [0, 0, 0, L - 1]
+    assert torch.equal(gc.build_indexes(mids), torch.arange(L - 1))  # a scale on a boundary takes the lower level
+
+
+def test_scale_index_equals_comparison_with_every_bound():
+    """The binary search gives, shape and dtype included, the count of boundaries below each scale."""
+    gc = GaussianConditional()
+    t = gc.scale_table
+    bounds = torch.sqrt(t[:-1] * t[1:])
+    torch.manual_seed(5)
+    s = torch.exp(torch.empty(2, 7, 9, 11).uniform_(-4, 6))
+    s.view(-1)[:bounds.numel()] = bounds
+    expect = (s.clamp_min(gc.scale_bound).unsqueeze(-1) > bounds).sum(-1)
+    idx = gc.build_indexes(s)
+    assert idx.dtype == expect.dtype and torch.equal(idx, expect)
 
 
 def test_quantize_pmf():

@@ -83,7 +83,8 @@ def instrument(codecs: dict, liff=None) -> Sections:
         for part in ("g_a", "h_a", "g_s", "h_s"):
             sec.wrap(getattr(codec, part), "forward", part)
     if liff is not None:
-        sec.wrap(liff, "forward", "liff")
+        for part in ("features", "query"):  # what prediction calls (forward is both, for training)
+            sec.wrap(liff, part, "liff")
     sec.wrap(_TableCoder, "encode", "entropy")
     sec.wrap(_TableCoder, "decode", "entropy")
     return sec

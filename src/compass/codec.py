@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
-from .layers import GDN, Analysis, Synthesis, conv, deconv, size_chain
+from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, size_chain
 from .quality import check_quality, interpolate_log_gains
 
 
@@ -47,18 +47,20 @@ def symbol_check(y_hat: torch.Tensor, means: torch.Tensor, z_hat: torch.Tensor, 
     return zlib.crc32(z_sym.astype("<i4").tobytes(), zlib.crc32(y_sym.astype("<i4").tobytes()))
 
 
-_THREADS = threading.Lock()
+_THREADS = threading.RLock()
 
 
 @contextlib.contextmanager
 def one_thread():
-    """Run the enclosed CPU ops on one thread, then restore the thread count (one caller at a time).
+    """Run the enclosed CPU ops on one thread, then restore the thread count (one caller at a time; re-entrant).
 
-    CPU convolutions split their sums by thread count, so the hyperprior's scales computed with 1 and with 2
-    threads differ in the last bits; a scale next to a boundary between two tables then picks one table in the
-    encoder and the other in the decoder, and the layer fails its symbol check (2 such scales in 3.5 million on
-    Kodak, docs/reliability.md). h_a and h_s work on the latents, at 1/16 of the image's width and height and
-    below: about 3 % of a decode's multiply-adds.
+    CPU convolutions (oneDNN) split their sums by thread count, so a convolution computed with 1 and with 2
+    threads differs in the last float bits. In the hyperprior that moves a scale across the boundary between two
+    tables (a symbol check failure); in the analysis it can flip a rounding (another file); in the synthesis and
+    LIFF's feature extractor it changes decoded values (a few 8-bit levels in millions, docs/reliability.md). So
+    every convolution stack of `compress`, `decompress` and inference-time prediction runs here, and files and
+    decodes are bit-identical whatever the thread count. Matrix products (LIFF's MLP, MKL) split rows, not sums,
+    and keep every thread. Cost on 2 threads: about 1.1x the time of a Kodak decode (docs/reliability.md).
     """
     with _THREADS:
         n = torch.get_num_threads()
@@ -150,8 +152,8 @@ class MeanScaleHyperprior(nn.Module):
         q = _as_q(check_quality(q), 1, x.device)
         gain, inv_gain, hgain, hinv = self.gains(q)
         img, hyp = self.latent_sizes(*x.shape[-2:])
-        y = self.g_a(x) * gain
         with one_thread():
+            y = self.g_a(x, STRIPE) * gain
             z = self.h_a(y) * hgain
         z_string = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_string, hyp[-1])
@@ -160,7 +162,8 @@ class MeanScaleHyperprior(nn.Module):
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
         y_hat = torch.round(y - means) + means
-        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1]) if reconstruct else None
+        with one_thread():
+            x_hat = self.g_s(y_hat * inv_gain, img[-2::-1], STRIPE) if reconstruct else None
         check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
         return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "check": check, "x_hat": x_hat}
 
@@ -177,6 +180,7 @@ class MeanScaleHyperprior(nn.Module):
             scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means)
-        x_hat = self.g_s(y_hat * inv_gain, img[-2::-1])
+        with one_thread():
+            x_hat = self.g_s(y_hat * inv_gain, img[-2::-1], STRIPE)
         check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
         return {"x_hat": x_hat, "check": check}

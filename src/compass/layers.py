@@ -6,6 +6,8 @@ padding to a multiple of 64.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +67,18 @@ class GDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
 
+STRIPE = 1 << 21  # image pixels per analysis or synthesis stripe at inference; smaller images run whole
+
+
+def receptive_rows(convs) -> int:
+    """Rows at the coarse end of a stack of convolutions that one coarse row needs on either side (rounded up)."""
+    reach, scale = 0.0, 1
+    for c in convs:
+        reach += (c.kernel_size[0] // 2) * scale
+        scale *= c.stride[0]
+    return math.ceil(reach / scale)
+
+
 class Analysis(nn.Module):
     """A stack of stride-2 convolutions, each preceded by the odd-side replicate padding."""
 
@@ -73,7 +87,32 @@ class Analysis(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.acts = nn.ModuleList(acts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def halo(self) -> int:
+        """Output rows of context each output row needs on either side."""
+        return receptive_rows(self.convs)
+
+    def forward(self, x: torch.Tensor, stripe: int | None = None) -> torch.Tensor:
+        """Inputs above `stripe` pixels run in row stripes of about that size, each with `halo` output rows of
+        context on either side, cut at multiples of the total stride so that only the last stripe meets the odd-
+        side padding: every kept row sees the inputs of a whole-image pass (the same floats on one thread)."""
+        height, width = x.shape[-2:]
+        if stripe is None or height * width <= stripe:
+            return self._run(x)
+        unit = math.prod(c.stride[0] for c in self.convs)
+        h = -(-height // unit)  # output rows
+        count = -(-height * width // stripe)
+        rows = -(-h // count)  # `count` stripes of equal height
+        out = None
+        for r0 in range(0, h, rows):
+            lo, hi = max(0, r0 - self.halo), min(h, r0 + rows + self.halo)
+            part = self._run(x[:, :, lo * unit:hi * unit])
+            if out is None:
+                out = part.new_empty(*part.shape[:2], h, part.shape[-1])
+            out[:, :, r0:r0 + rows] = part[:, :, r0 - lo:r0 - lo + rows]
+        return out
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         for i, c in enumerate(self.convs):
             if c.stride[0] == 2:
                 x = pad_even(x)
@@ -91,14 +130,44 @@ class Synthesis(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.acts = nn.ModuleList(acts)
 
-    def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
-        """`sizes`: output size of every stride-2 stage in order (from the matching analysis, reversed)."""
-        sizes = iter(sizes)
+    @property
+    def halo(self) -> int:
+        """Input rows of context each output row needs on either side."""
+        return receptive_rows(self.convs)
+
+    def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]], stripe: int | None = None) -> torch.Tensor:
+        """`sizes`: output size of every stride-2 stage in order (from the matching analysis, reversed).
+
+        Outputs above `stripe` pixels are made in row stripes of about that size, each from its input rows plus
+        `halo` rows on either side, so every kept row sees exactly the inputs of a whole-image pass: the same
+        floats on one thread (a test checks equality), with memory that follows the stripe, not the image.
+        """
+        sizes = list(sizes)
+        (height, width), h = sizes[-1], x.shape[-2]
+        if stripe is None or height * width <= stripe:
+            return self._rows(x, sizes, 0)
+        scale = math.prod(c.stride[0] for c in self.convs)
+        count = -(-height * width // stripe)
+        rows = -(-h // count)  # `count` stripes of equal height
+        out = None
+        for r0 in range(0, h, rows):
+            lo, hi = max(0, r0 - self.halo), min(h, r0 + rows + self.halo)
+            part = self._rows(x[:, :, lo:hi], sizes, lo)
+            if out is None:
+                out = part.new_empty(*part.shape[:2], height, width)
+            t0, t1 = r0 * scale, min(height, (r0 + rows) * scale)
+            out[:, :, t0:t1] = part[:, :, t0 - lo * scale:t1 - lo * scale]
+        return out
+
+    def _rows(self, x: torch.Tensor, sizes: list[tuple[int, int]], lo: int) -> torch.Tensor:
+        """The stack on input rows from `lo` on, each stage cropped to the recorded size less the rows above."""
+        sizes, scale = iter(sizes), 1
         for i, c in enumerate(self.convs):
             x = c(x)
             if c.stride[0] == 2:
+                scale *= 2
                 h, w = next(sizes)
-                x = x[..., :h, :w]
+                x = x[..., :h - lo * scale, :w]
             if i < len(self.acts):
                 x = self.acts[i](x)
         return x

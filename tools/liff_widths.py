@@ -13,7 +13,6 @@ shipping still needs the joint stage and `compass eval`.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from compass.bench import liff_macs, rdn_macs
 from compass.liff import LIFF, LiffConfig
 from compass.train.config import load_recipe
+from compass.train.export import last_validation
 from compass.train.loop import train
 
 RUNS = Path("runs/liff-widths")
@@ -57,12 +57,6 @@ def predict_ms(cfg: LiffConfig, repeat: int = 5) -> float:
     return statistics.median(times) * 1e3
 
 
-def last_validation(run: Path) -> tuple[int, dict[str, float]]:
-    rows = [r for r in csv.DictReader(open(run / "log.csv")) if r["kind"] == "val"]
-    step = max(int(r["step"]) for r in rows)
-    return step, {r["setting"]: float(r["psnr"]) for r in rows if int(r["step"]) == step}
-
-
 def report() -> str:
     lines = ["| variant | widths | RDN + MLP MACs / output pixel at 2x | prediction 384x256 -> 768x512 (ms) | steps | "
              "PSNR 2x (bicubic) | 3.2x (bicubic) | 1.5x by 2x (bicubic) |", "|---|---|---|---|---|---|---|---|"]
@@ -71,8 +65,9 @@ def report() -> str:
         run = RUNS / name
         if name == "paper":
             step, cells = "—", ["—"] * 3
-        elif (run / "log.csv").exists():
-            step, v = last_validation(run)
+        elif (run / "checkpoint.pt").exists():
+            step = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+            v = {r["setting"]: r["psnr"] for r in last_validation(run)}
             cells = [f"{v[f'liff {s}']:.2f} ({v[f'bicubic {s}']:.2f})" for s in ("2.0x", "3.2x", "1.5x|2.0x")]
         else:
             continue

@@ -70,6 +70,14 @@ class GDN(nn.Module):
 STRIPE = 1 << 21  # image pixels per analysis or synthesis stripe at inference; smaller images run whole
 
 
+def row_stripes(rows: int, pixels: int, stripe: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Cut `rows` rows into stripes of equal height, about `stripe` of the image's `pixels` each: (r0, r1) the
+    rows a stripe keeps, (lo, hi) the rows it computes from, `halo` more on either side where the image has them."""
+    count = -(-pixels // stripe)
+    step = -(-rows // count)
+    return [(r, min(rows, r + step), max(0, r - halo), min(rows, r + step + halo)) for r in range(0, rows, step)]
+
+
 def receptive_rows(convs) -> int:
     """Rows at the coarse end of a stack of convolutions that one coarse row needs on either side (rounded up)."""
     reach, scale = 0.0, 1
@@ -101,15 +109,12 @@ class Analysis(nn.Module):
             return self._run(x)
         unit = math.prod(c.stride[0] for c in self.convs)
         h = -(-height // unit)  # output rows
-        count = -(-height * width // stripe)
-        rows = -(-h // count)  # `count` stripes of equal height
         out = None
-        for r0 in range(0, h, rows):
-            lo, hi = max(0, r0 - self.halo), min(h, r0 + rows + self.halo)
+        for r0, r1, lo, hi in row_stripes(h, height * width, stripe, self.halo):
             part = self._run(x[:, :, lo * unit:hi * unit])
             if out is None:
                 out = part.new_empty(*part.shape[:2], h, part.shape[-1])
-            out[:, :, r0:r0 + rows] = part[:, :, r0 - lo:r0 - lo + rows]
+            out[:, :, r0:r1] = part[:, :, r0 - lo:r1 - lo]
         return out
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,15 +152,12 @@ class Synthesis(nn.Module):
         if stripe is None or height * width <= stripe:
             return self._rows(x, sizes, 0)
         scale = math.prod(c.stride[0] for c in self.convs)
-        count = -(-height * width // stripe)
-        rows = -(-h // count)  # `count` stripes of equal height
         out = None
-        for r0 in range(0, h, rows):
-            lo, hi = max(0, r0 - self.halo), min(h, r0 + rows + self.halo)
+        for r0, r1, lo, hi in row_stripes(h, height * width, stripe, self.halo):
             part = self._rows(x[:, :, lo:hi], sizes, lo)
             if out is None:
                 out = part.new_empty(*part.shape[:2], height, width)
-            t0, t1 = r0 * scale, min(height, (r0 + rows) * scale)
+            t0, t1 = r0 * scale, min(height, r1 * scale)
             out[:, :, t0:t1] = part[:, :, t0 - lo * scale:t1 - lo * scale]
         return out
 
@@ -165,7 +167,7 @@ class Synthesis(nn.Module):
         for i, c in enumerate(self.convs):
             x = c(x)
             if c.stride[0] == 2:
-                scale *= 2
+                scale *= c.stride[0]
                 h, w = next(sizes)
                 x = x[..., :h - lo * scale, :w]
             if i < len(self.acts):

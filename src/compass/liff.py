@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import row_stripes
+
 
 @dataclass(frozen=True)
 class LiffConfig:
@@ -152,13 +154,9 @@ class LIFF(nn.Module):
         b, _, h, w = x.shape
         if stripe is None or h * w <= stripe:
             return self.rdn(x)
-        count = -(-h * w // stripe)
-        rows = -(-h // count)  # `count` stripes of equal height
-        halo = self.rdn.halo
         f = x.new_empty(b, self.config.feat, h, w)
-        for r in range(0, h, rows):
-            lo, hi = max(0, r - halo), min(h, r + rows + halo)
-            f[:, :, r:r + rows] = self.rdn(x[:, :, lo:hi])[:, :, r - lo:r - lo + rows]
+        for r0, r1, lo, hi in row_stripes(h, h * w, stripe, self.rdn.halo):
+            f[:, :, r0:r1] = self.rdn(x[:, :, lo:hi])[:, :, r0 - lo:r1 - lo]
         return f
 
     def source_parts(self, f: torch.Tensor, r0: int, r1: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..liff import LIFF, LiffConfig
 from ..weights import PRETRAINED_DIR, export, manifest
 
 
-def _last_validation(run_dir: Path) -> list[dict]:
+def last_validation(run_dir: Path) -> list[dict]:
     log = run_dir / "log.csv"
     if not log.exists():
         return []
@@ -38,7 +38,7 @@ def _stage_info(ck: dict, path: Path) -> dict:
     source = ck.get("init_from")
     init = {"source": source, "training": manifest()["models"].get(source, {}).get("training")} if source else None
     return {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
-            "init_from": init, "config": ck["stage_config"], "validation": _last_validation(path.parent)}
+            "init_from": init, "config": ck["stage_config"], "validation": last_validation(path.parent)}
 
 
 def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:

@@ -307,7 +307,7 @@ def test_strings_and_symbols_identical_across_processes_and_threads(determinism_
 
 
 def test_decoded_images_bit_identical_across_processes_and_thread_counts(determinism_runs):
-    """Convolutions run on one thread in compress/decompress (codec.one_thread): 2 threads decode the same floats."""
+    """Convolutions run on one thread in compress/decompress (layers.one_thread): 2 threads decode the same floats."""
     a1, b2, c1 = (determinism_runs[k] for k in ("a1", "b2", "c1"))
     assert [r["x_hat"] for r in a1["runs"]] == [r["x_hat"] for r in c1["runs"]] == [r["x_hat"] for r in b2["runs"]]
 

@@ -1,8 +1,11 @@
 """LIFF: the factorized (per-source-pixel) evaluation equals the direct formulation of the method."""
+import dataclasses
+
 import pytest
 import torch
 
 from compass.liff import LIFF, LIFF_SIZES, LiffConfig, direct_query, local_grid, source_index
+from compass.resample import upsample_bicubic
 from compass.train.config import load_recipe
 
 
@@ -84,3 +87,25 @@ def test_rdn_stripes_equal_whole_image_exactly(threads):
                 assert torch.equal(m.features(x, stripe), m.features(x, None)), (shape, stripe)
     finally:
         torch.set_num_threads(old)
+
+
+def test_skip_predicts_bicubic_plus_the_filter_product():
+    """With `skip` an untrained model predicts exactly bicubic; trained, it adds the (factorized) filter product."""
+    torch.manual_seed(4)
+    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], skip=True))
+    x = torch.rand(2, 3, 7, 9)
+    sizes = [(17, 13), (28, 36), (8, 30)]
+    for size in sizes:
+        assert torch.equal(m(x, size), upsample_bicubic(x, size))
+    for p in m.layers[-1].parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for size in sizes:
+        correction = direct(m, x, size)
+        assert correction.std() > 1e-3
+        assert (m(x, size, chunk=37) - upsample_bicubic(x, size) - correction).abs().max() <= 1e-5
+
+
+def test_configs_without_skip_load_as_the_method():
+    d = LIFF_SIZES["cpu"].to_dict()
+    del d["skip"]  # a config written before the option existed (the shipped compass-cpu)
+    assert LiffConfig.from_dict(d) == LIFF_SIZES["cpu"] and not LIFF_SIZES["cpu"].skip

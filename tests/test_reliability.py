@@ -237,7 +237,7 @@ def test_scalable_files_and_decodes_identical_with_1_and_2_threads(name, predict
     """Process A encodes with 1 thread, B with 2, C with 1 again; each decodes its own file and B, C the other's.
 
     Files are byte-identical, and so are the decoded layers and the float reconstructions behind them (encoder
-    and decoder side) whatever the thread count: convolutions run on one thread (codec.one_thread).
+    and decoder side) whatever the thread count: convolutions run on one thread (layers.one_thread).
     """
     model = _model_or_skip(name, tiny_weights)
     np.save(tmp_path / "px.npy", to_pixels(synthetic_image(120, 152, seed=21)))

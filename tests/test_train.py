@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from compass.train import train
+from compass.train.config import load_recipe
 from compass.train.loop import NonFiniteLoss, plot_log
 from compass.train.stages import sample_sizes
 
@@ -122,6 +123,14 @@ def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
     px = np.zeros((20, 30, 3), np.uint8)
     assert codec.decode(codec.encode(px, layers=[0.5, 1])).shape == px.shape
 
+    # a joint stage alone (its base_from may name shipped weights): only the scalable model is written
+    assert export_checkpoints(None, tmp_path / "joint" / "checkpoint.pt", tmp_path / "out2") == ["compass-tiny"]
+    alone = json.loads((tmp_path / "out2" / "manifest.json").read_text())["models"]
+    assert list(alone) == ["compass-tiny"]
+    assert [s["stage"] for s in alone["compass-tiny"]["training"]["stages"]] == ["liff", "joint"]
+    with pytest.raises(ValueError, match="nothing to export"):
+        export_checkpoints(None, None, tmp_path / "out3")
+
 
 def test_init_from_shipped_weights(tmp_path, data_dir):
     """A new session continues from committed weights: the stage starts from them, and says so."""
@@ -171,6 +180,7 @@ DDP_SCRIPT = r"""
 import hashlib, json, sys
 import torch, torch.distributed as dist
 from compass.train import train
+from compass.train.config import load_recipe
 recipe = json.loads(sys.argv[1])
 ck = train(recipe, "base", sys.argv[2], data=sys.argv[3], threads=1, progress=False)
 h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in ck["modules"]["codec"].values())).hexdigest()
@@ -221,3 +231,37 @@ def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shippe
         rebuilt.update()
         for name, buf in loaded.named_buffers():
             assert torch.equal(buf, dict(rebuilt.named_buffers())[name]), (module, name)
+
+
+def test_recipe_extends_merges_tables(tmp_path):
+    """`extends` starts from another recipe: nested tables merge key by key, the extending file wins."""
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "cpu"\nname = "child"\n[liff]\nfeat = 8\nskip = true\n[stages.liff]\nsteps = 7\n')
+    cpu, got = load_recipe("cpu"), load_recipe(str(child))
+    assert "extends" not in got and got["name"] == "child"
+    assert got["liff"] == {**cpu["liff"], "feat": 8, "skip": True}
+    assert got["stages"]["liff"] == {**cpu["stages"]["liff"], "steps": 7}
+    assert got["stages"]["joint"] == cpu["stages"]["joint"] and got["codec"] == cpu["codec"]
+    grandchild = tmp_path / "grandchild.toml"
+    grandchild.write_text(f'extends = "{child.as_posix()}"\n[liff]\nfeat = 4\n')
+    assert load_recipe(str(grandchild))["liff"] == {**got["liff"], "feat": 4}
+    loop = tmp_path / "loop.toml"
+    loop.write_text(f'extends = "{loop.as_posix()}"\n')
+    with pytest.raises(ValueError, match="extends itself"):
+        load_recipe(str(loop))
+
+
+def test_stage_record_carries_the_training_of_shipped_sources(tmp_path):
+    """A joint stage warm-started from shipped weights names them in its record, with their own training."""
+    from compass.train.export import _stage_info
+    from compass.weights import manifest
+
+    ck = {"stage": "joint", "step": 5, "elapsed_s": 36.0, "init_from": None,
+          "stage_config": {"base_from": "compass-cpu-single", "residual_from": "compass-cpu",
+                           "liff_from": str(tmp_path / "liff.pt")}}
+    info = _stage_info(ck, tmp_path / "checkpoint.pt")
+    shipped = manifest()["models"]
+    assert info["shipped_sources"] == {k: {"source": v, "training": shipped[v]["training"]}
+                                       for k, v in (("base_from", "compass-cpu-single"), ("residual_from", "compass-cpu"))}
+    ck["stage_config"] = {"base_from": str(tmp_path / "base.pt")}  # a checkpoint path: nothing to carry
+    assert "shipped_sources" not in _stage_info(ck, tmp_path / "checkpoint.pt")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compass import DEFAULT_MODEL
+
 
 def worker(threads: int, paths: list[str], layers: list[float], quality: float, model: str, out: Path,
            other: Path | None) -> None:
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=float, default=0.5)
     p.add_argument("--layers", default="0.25,0.5,1")
     p.add_argument("--threads", type=int, nargs=2, default=[1, 2])
-    p.add_argument("--model", default="compass-cpu")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", help="image folder (default: Kodak under the shared data root)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

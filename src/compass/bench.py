@@ -83,8 +83,7 @@ def instrument(codecs: dict, liff=None) -> Sections:
         for part in ("g_a", "h_a", "g_s", "h_s"):
             sec.wrap(getattr(codec, part), "forward", part)
     if liff is not None:
-        for part in ("features", "query"):  # what prediction calls (forward is both, for training)
-            sec.wrap(liff, part, "liff")
+        sec.wrap(liff, "forward", "liff")  # features, query and (with skip) bicubic upsampling
     sec.wrap(_TableCoder, "encode", "entropy")
     sec.wrap(_TableCoder, "decode", "entropy")
     return sec

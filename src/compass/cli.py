@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import DEFAULT_MODEL, DEFAULT_SINGLE
 from .errors import CompassError
 
 
@@ -207,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_args(sp):
-        sp.add_argument("--model", "--weights", dest="model", default="compass-cpu",
-                        help="registered model name or weights file (default: the shipped compass-cpu)")
+        sp.add_argument("--model", "--weights", dest="model", default=DEFAULT_MODEL,
+                        help=f"registered model name or weights file (default: the shipped {DEFAULT_MODEL})")
         sp.add_argument("--predictor", choices=["liff", "bicubic"], default="liff",
                         help="inter-layer predictor (bicubic: the ablation)")
         sp.add_argument("--quiet", action="store_true")
@@ -271,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="output folder, its cache inside (default: results/NAME, NAME the data folder's "
                                  "name, or results/NAME-quick with --quick; both cache in results/NAME/cache)")
     v.add_argument("--quick", action="store_true", help="3 images and 3 rate points per method")
-    v.add_argument("--model", default="compass-cpu", help="scalable model: registered name or weights file")
-    v.add_argument("--single", default="compass-cpu-single",
+    v.add_argument("--model", default=DEFAULT_MODEL, help="scalable model: registered name or weights file")
+    v.add_argument("--single", default=DEFAULT_SINGLE,
                    help="single-layer model for simulcast and single-layer: registered name or weights file")
     v.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
@@ -286,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="speed and memory beside the single-layer codec, JPEG 2000 and HEVC, side by "
                                      "side (docs/performance.md)")
     b.add_argument("--image", help="test image (default: kodim23 of Kodak under the shared data root)")
-    b.add_argument("--model", help="scalable model: registered name or weights file (default: compass-cpu when "
-                                   "registered, else random weights of the cpu size)")
-    b.add_argument("--single", help="single-layer model (default: compass-cpu-single when registered, else random)")
+    b.add_argument("--model", help=f"scalable model: registered name or weights file (default: {DEFAULT_MODEL} "
+                                   "when registered, else random weights of the cpu size)")
+    b.add_argument("--single", help=f"single-layer model (default: {DEFAULT_SINGLE} when registered, else random)")
     b.add_argument("--layers", type=_floats, default=[0.25, 0.5, 1.0], help="compass layers (default 0.25,0.5,1)")
     b.add_argument("--bpp", type=float, default=0.5, help="rate every codec is set to, searched on the image "
                                                           "(default 0.5)")

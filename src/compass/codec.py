@@ -7,9 +7,7 @@ enhancement layer.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
-from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, size_chain
+from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
 from .quality import check_quality, interpolate_log_gains
 
 
@@ -45,30 +43,6 @@ def symbol_check(y_hat: torch.Tensor, means: torch.Tensor, z_hat: torch.Tensor, 
     y_sym = torch.round(y_hat - means).to(torch.int32).cpu().numpy()
     z_sym = torch.round(z_hat - medians.view(1, -1, 1, 1)).to(torch.int32).cpu().numpy()
     return zlib.crc32(z_sym.astype("<i4").tobytes(), zlib.crc32(y_sym.astype("<i4").tobytes()))
-
-
-_THREADS = threading.RLock()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the enclosed CPU ops on one thread, then restore the thread count (one caller at a time; re-entrant).
-
-    CPU convolutions (oneDNN) split their sums by thread count, so a convolution computed with 1 and with 2
-    threads differs in the last float bits. In the hyperprior that moves a scale across the boundary between two
-    tables (a symbol check failure); in the analysis it can flip a rounding (another file); in the synthesis and
-    LIFF's feature extractor it changes decoded values (a few 8-bit levels in millions, docs/reliability.md). So
-    every convolution stack of `compress`, `decompress` and inference-time prediction runs here, and files and
-    decodes are bit-identical whatever the thread count. Matrix products (LIFF's MLP, MKL) split rows, not sums,
-    and keep every thread. Cost on 2 threads: about 1.1x the time of a Kodak decode (docs/reliability.md).
-    """
-    with _THREADS:
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(n)
 
 
 def _as_q(q, batch: int, device) -> torch.Tensor:

@@ -6,11 +6,37 @@ padding to a multiple of 64.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+_THREADS = threading.RLock()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the enclosed CPU ops on one thread, then restore the thread count (one caller at a time; re-entrant).
+
+    CPU convolutions (oneDNN) split their sums by thread count, so a convolution computed with 1 and with 2
+    threads differs in the last float bits. In the hyperprior that moves a scale across the boundary between two
+    tables (a symbol check failure); in the analysis it can flip a rounding (another file); in the synthesis and
+    LIFF's feature extractor it changes decoded values (a few 8-bit levels in millions, docs/reliability.md). So
+    every convolution stack of `compress`, `decompress` and inference-time prediction runs here, and files and
+    decodes are bit-identical whatever the thread count. Matrix products (LIFF's MLP, MKL) split rows, not sums,
+    and keep every thread. Cost on 2 threads: about 1.1x the time of a Kodak decode (docs/reliability.md).
+    """
+    with _THREADS:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
 
 def halve(size: int) -> int:

@@ -3,6 +3,7 @@
 Stages (COMPASS, ICCV 2023): an RDN feature extractor on the lower-layer reconstruction; 3x3 feature unfolding;
 for every target pixel the nearest source feature, its local grid offset r and the scale token s; an MLP that
 turns [unfolded feature | r | s] into a per-pixel (9C x 3) filter; prediction = unfolded feature @ filter.
+With `LiffConfig.skip` the prediction is bicubic upsampling plus that filter product (a learned correction).
 
 Feature extraction (`features`) is split from coordinate queries (`query`). The MLP's first layer and the final
 filter product are linear in the unfolded feature, which is the same for every target pixel mapped to one source
@@ -17,24 +18,32 @@ whole-image ones, to the bit (tests check equality, not closeness).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import row_stripes
+from .layers import one_thread, row_stripes
+from .resample import upsample_bicubic
 
 
 @dataclass(frozen=True)
 class LiffConfig:
-    """Widths: feature C, RDN blocks x convs with growth G, and the MLP's hidden widths."""
+    """Widths: feature C, RDN blocks x convs with growth G, and the MLP's hidden widths.
+
+    `skip`: predict bicubic upsampling plus the filter product, which then learns only a correction (its last
+    layer starts at zero, so an untrained model predicts exactly bicubic). The method predicts with the filter
+    product alone; the skip lets much narrower widths beat bicubic (docs/performance.md).
+    """
 
     feat: int = 64
     blocks: int = 4
     convs: int = 4
     growth: int = 32
     hidden: tuple[int, ...] = (256, 256, 256, 256)
+    skip: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -126,6 +135,9 @@ class LIFF(nn.Module):
         d = 9 * cfg.feat
         widths = (d + 4, *cfg.hidden, 3 * d)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        if cfg.skip:
+            nn.init.zeros_(self.layers[-1].weight)
+            nn.init.zeros_(self.layers[-1].bias)
 
     @property
     def unfolded_width(self) -> int:
@@ -150,34 +162,46 @@ class LIFF(nn.Module):
         Inputs above `stripe` pixels run in row stripes of about that size, each with `rdn.halo` rows of context
         on either side: every kept row sees exactly the inputs it sees in a whole-image pass.
         """
-        x = (x - 0.5) / 0.5
+        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # oneDNN's fastest layout here
         b, _, h, w = x.shape
-        if stripe is None or h * w <= stripe:
-            return self.rdn(x)
-        f = x.new_empty(b, self.config.feat, h, w)
-        for r0, r1, lo, hi in row_stripes(h, h * w, stripe, self.rdn.halo):
-            f[:, :, r0:r1] = self.rdn(x[:, :, lo:hi])[:, :, r0 - lo:r1 - lo]
+        with self._serial():
+            if stripe is None or h * w <= stripe:
+                return self.rdn(x)
+            f = x.new_empty(b, self.config.feat, h, w)
+            for r0, r1, lo, hi in row_stripes(h, h * w, stripe, self.rdn.halo):
+                f[:, :, r0:r1] = self.rdn(x[:, :, lo:hi])[:, :, r0 - lo:r1 - lo]
         return f
+
+    def _serial(self):
+        """Convolutions at inference run on one thread (layers.one_thread: the same floats whatever the thread
+        count); training keeps every thread."""
+        return contextlib.nullcontext() if self.training else one_thread()
 
     def source_parts(self, f: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """Per-source-pixel parts of the MLP for feature rows r0..r1-1, channels last: (B, rows, w, k).
 
         k = hidden0 + 3 * hidden_last + 3. Channels: the first layer's pre-activation without the r, s terms;
         then G (3 x hidden_last), the unfolded feature contracted with the last layer's weight; then beta (3),
-        contracted with its bias. Rows outside the image unfold as zeros, as in a whole-image unfold.
+        contracted with its bias. Pixels outside the image unfold as zeros, as in a whole-image unfold.
+
+        A projection of the 3x3-unfolded feature is a 3x3 convolution with the projection as its kernel (unfold's
+        channel order is (C, 3, 3)); in channels-last layout it is about twice as fast as unfold + matrix product.
         """
         b, c, h, w = f.shape
         lo, hi = max(0, r0 - 1), min(h, r1 + 1)
-        rows = F.pad(f[:, :, lo:hi], (0, 0, lo - (r0 - 1), r1 + 1 - hi))
-        u = F.unfold(rows, 3, padding=(0, 1)).view(b, c * 9, r1 - r0, w)
+        rows = F.pad(f[:, :, lo:hi], (1, 1, lo - (r0 - 1), r1 + 1 - hi))
         w1, _, b1 = self._split_first()
         wl, bl = self._split_last()
         proj = torch.cat([w1, wl.reshape(-1, wl.shape[-1]), bl], 0)
         bias = torch.cat([b1, torch.zeros(proj.shape[0] - b1.shape[0], device=b1.device, dtype=b1.dtype)])
-        return F.linear(u.permute(0, 2, 3, 1), proj, bias)
+        cl = torch.channels_last  # the layout the parts are used in, and oneDNN's fast path on one thread
+        with self._serial():
+            parts = F.conv2d(rows.contiguous(memory_format=cl), proj.view(-1, c, 3, 3).contiguous(memory_format=cl), bias)
+        return parts.permute(0, 2, 3, 1)
 
     def query(self, f: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
-        """Predict (B, 3, H, W) at `size` from `features(x)`; `chunk` bounds the target pixels per MLP pass.
+        """The filter product at `size` from `features(x)`: the prediction, or with `skip` the correction added
+        to bicubic upsampling. `chunk` bounds the target pixels per MLP pass.
 
         Source parts are computed in fixed blocks of source rows (`source_blocks`, set by the feature size alone),
         whatever `chunk`, so chunked and one-pass queries make the same calls and give the same floats. With a
@@ -200,10 +224,11 @@ class LIFF(nn.Module):
             idx = ((iy[r0:r1, None] - s0) * w + ix[None, :]).reshape(-1)
             g = parts.reshape(b, -1, parts.shape[-1]).index_select(1, idx).view(b, r1 - r0, W, -1)
             first, G, beta = g.split([h0, 3 * hl, 3], -1)  # split: one allocation in backward, not three
-            a = F.relu(first + row[r0:r1, None, :] + col)
+            a = (first + row[r0:r1, None, :] + col).relu_()  # in place: the sums are fresh tensors
             for layer in self.layers[1:-1]:
-                a = F.relu(layer(a))
-            return (G.unflatten(-1, (3, hl)) * a.unsqueeze(-2)).sum(-1) + beta
+                a = layer(a).relu_()
+            # a batch of (3 x hl) @ hl products; 3-D views keep bmm from copying G (a strided slice)
+            return torch.bmm(G.reshape(-1, 3, hl), a.reshape(-1, hl, 1)).view(beta.shape) + beta
 
         blocks = source_blocks(h, w)
         if chunk is None:
@@ -219,10 +244,17 @@ class LIFF(nn.Module):
                 bands = -(-(t1 - t0) * W // chunk)
                 rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
                 out += [mlp(parts, s0, r, min(t1, r + rows)) for r in range(t0, t1, rows)]
-        return 0.5 + 0.5 * torch.cat(out, 1).permute(0, 3, 1, 2)
+        return self._offset + 0.5 * torch.cat(out, 1).permute(0, 3, 1, 2)
+
+    @property
+    def _offset(self) -> float:
+        """The filter product works in [-1, 1] units; without skip it is the image, with skip a correction."""
+        return 0.0 if self.config.skip else 0.5
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
-        return self.query(self.features(x), size, chunk)
+        """Prediction of `x` upsampled to `size`."""
+        out = self.query(self.features(x), size, chunk)
+        return out + upsample_bicubic(x, size) if self.config.skip else out
 
 
 def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -243,4 +275,4 @@ def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     for layer in m.layers[:-1]:
         a = F.relu(layer(a))
     filt = m.layers[-1](a).view(b, H, W, 9 * c, 3)
-    return 0.5 + 0.5 * torch.einsum("bhwd,bhwdc->bchw", feat, filt)
+    return m._offset + 0.5 * torch.einsum("bhwd,bhwdc->bchw", feat, filt)

@@ -40,11 +40,7 @@ class ScalableCodec(nn.Module):
         """Prediction of the next layer at `size` from the previous reconstruction."""
         if self.liff is None:
             return upsample_bicubic(x_prev, size)
-        if self.training:
-            return self.liff(x_prev, size)
-        with one_thread():  # the RDN's convolutions; the MLP's matrix products keep every thread
-            f = self.liff.features(x_prev)
-        return self.liff.query(f, size, self.chunk)
+        return self.liff(x_prev, size, None if self.training else self.chunk)
 
     def forward(self, layers: list[torch.Tensor], q) -> dict:
         """Training pass over I^0..I^K (each (B, 3, H^k, W^k)). The base layer is coded with rounding, no grad.

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import DEFAULT_MODEL, DEFAULT_SINGLE
 from .codec import CodecConfig, MeanScaleHyperprior
 from .errors import CompassError
 from .liff import LIFF, LiffConfig
@@ -23,8 +24,6 @@ from .scalable import ScalableCodec
 WEIGHTS_FORMAT = "compass-weights/1"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 MANIFEST = PRETRAINED_DIR / "manifest.json"
-DEFAULT_MODEL = "compass-cpu"
-DEFAULT_SINGLE = "compass-cpu-single"
 
 
 class WeightsError(CompassError):

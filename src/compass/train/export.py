@@ -1,6 +1,7 @@
 """Export trained checkpoints as shipped weights (fp16, exact tables) and record them in the manifest.
 
     python -m compass.train.export --base runs/cpu/base/checkpoint.pt --joint runs/cpu/joint/checkpoint.pt
+    python -m compass.train.export --joint runs/cpu-lite/joint/checkpoint.pt   # base_from: shipped weights
 
 writes `compass-<recipe>-single.pt` (the single-layer codec) and `compass-<recipe>.pt` (the scalable model),
 with sha256, config, training steps, time and the last validation numbers in `pretrained/manifest.json`.
@@ -33,12 +34,23 @@ def last_validation(run_dir: Path) -> list[dict]:
              "psnr": float(r["psnr"])} for r in rows if r["step"] == last]
 
 
+def _source_record(source: str) -> dict:
+    """Where a module started: a checkpoint path, or shipped weights with their training record."""
+    return {"source": source, "training": manifest()["models"].get(source, {}).get("training")}
+
+
 def _stage_info(ck: dict, path: Path) -> dict:
-    """A stage's record; a stage started from shipped weights carries their training record along."""
-    source = ck.get("init_from")
-    init = {"source": source, "training": manifest()["models"].get(source, {}).get("training")} if source else None
-    return {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
-            "init_from": init, "config": ck["stage_config"], "validation": last_validation(path.parent)}
+    """A stage's record; modules started from shipped weights (`--init`, or a joint stage's `base_from` /
+    `residual_from`) carry those weights' training record along."""
+    source, cfg = ck.get("init_from"), ck["stage_config"]
+    info = {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
+            "init_from": _source_record(source) if source else None, "config": cfg,
+            "validation": last_validation(path.parent)}
+    shipped = manifest()["models"]
+    warm = {k: _source_record(cfg[k]) for k in ("base_from", "residual_from") if cfg.get(k) in shipped}
+    if warm:
+        info["shipped_sources"] = warm
+    return info
 
 
 def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:
@@ -60,31 +72,35 @@ def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training:
     os.replace(tmp, target)
 
 
-def export_checkpoints(base: Path, joint: Path | None, out_dir: Path = PRETRAINED_DIR) -> list[str]:
-    """Write the single-layer (from `base`) and, if given, the scalable model (from `joint`). Returns names."""
+def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PRETRAINED_DIR) -> list[str]:
+    """Write the single-layer model (from `base`) and the scalable one (from `joint`); either may be None (a
+    joint stage whose `base_from` names shipped weights needs no base checkpoint). Returns the names written."""
+    if base is None and joint is None:
+        raise ValueError("nothing to export: give a base and/or a joint checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ck = torch.load(base, map_location="cpu", weights_only=False)
-    recipe = ck["recipe"]
+    ck = torch.load(base, map_location="cpu", weights_only=False) if base is not None else None
+    jk = torch.load(joint, map_location="cpu", weights_only=False) if joint is not None else None
+    recipe = (jk or ck)["recipe"]
     data = {"train": recipe["data"]["train"], "val_count": recipe["data"]["val_count"],
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
     names = []
-    name = f"compass-{recipe['name']}-single"
-    path = out_dir / f"{name}.pt"
-    configs = {"codec": recipe["codec"]}
-    training = {"recipe": recipe["name"], "data": data, "stages": [_stage_info(ck, base)]}
-    sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, name, path, training)
-    _record(name, path, sha, "single-layer", configs, training)
-    names.append(name)
-    if joint is not None:
-        jk = torch.load(joint, map_location="cpu", weights_only=False)
+    if ck is not None:
+        name = f"compass-{ck['recipe']['name']}-single"
+        path = out_dir / f"{name}.pt"
+        configs = {"codec": recipe["codec"]}
+        training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [_stage_info(ck, base)]}
+        sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, name, path, training)
+        _record(name, path, sha, "single-layer", configs, training)
+        names.append(name)
+    if jk is not None:
         name = f"compass-{recipe['name']}"
         path = out_dir / f"{name}.pt"
-        configs = {"codec": recipe["codec"], "liff": jk["recipe"]["liff"]}
-        liff = LIFF(LiffConfig.from_dict(jk["recipe"]["liff"]))
+        configs = {"codec": recipe["codec"], "liff": recipe["liff"]}
+        liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
         liff.load_state_dict(jk["modules"]["liff"])
-        stages = [_stage_info(ck, base)]
+        stages = [_stage_info(ck, base)] if ck is not None else []
         liff_ck = Path(jk["stage_config"].get("liff_from", ""))
-        if liff_ck.exists():
+        if liff_ck.is_file():
             stages.append(_stage_info(torch.load(liff_ck, map_location="cpu", weights_only=False), liff_ck))
         stages.append(_stage_info(jk, joint))
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
@@ -98,7 +114,7 @@ def export_checkpoints(base: Path, joint: Path | None, out_dir: Path = PRETRAINE
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compass.train.export", description=__doc__.splitlines()[0])
-    p.add_argument("--base", type=Path, required=True, help="checkpoint of the base stage")
+    p.add_argument("--base", type=Path, help="checkpoint of the base stage (exports the single-layer model)")
     p.add_argument("--joint", type=Path, help="checkpoint of the joint stage (its frozen base is the one shipped)")
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR)
     args = p.parse_args(argv)

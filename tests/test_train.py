@@ -124,10 +124,11 @@ def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
     assert codec.decode(codec.encode(px, layers=[0.5, 1])).shape == px.shape
 
     # a joint stage alone (its base_from may name shipped weights): only the scalable model is written
-    assert export_checkpoints(None, tmp_path / "joint" / "checkpoint.pt", tmp_path / "out2") == ["compass-tiny"]
+    assert export_checkpoints(None, tmp_path / "joint" / "checkpoint.pt", tmp_path / "out2", "other") == ["other"]
     alone = json.loads((tmp_path / "out2" / "manifest.json").read_text())["models"]
-    assert list(alone) == ["compass-tiny"]
-    assert [s["stage"] for s in alone["compass-tiny"]["training"]["stages"]] == ["liff", "joint"]
+    assert list(alone) == ["other"] and alone["other"]["training"]["recipe"] == "tiny"
+    assert [s["stage"] for s in alone["other"]["training"]["stages"]] == ["liff", "joint"]
+    assert Compass(tmp_path / "out2" / "other.pt").decode(codec.encode(px, layers=[0.5, 1])).shape == px.shape
     with pytest.raises(ValueError, match="nothing to export"):
         export_checkpoints(None, None, tmp_path / "out3")
 
@@ -208,7 +209,7 @@ def test_two_process_ddp_keeps_replicas_equal(tmp_path, data_dir):
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
-@pytest.mark.parametrize("shipped", [False, True])
+@pytest.mark.parametrize("shipped", [None, "compass-cpu", "compass-cpu-lite"])
 def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shipped):
     """A weights file's probability tables equal those `update()` builds from its own (fp16) parameters, so a
     file coded with the shipped tables decodes with a model rebuilt from the stored weights, and the reverse."""
@@ -217,9 +218,9 @@ def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shippe
     from conftest import spread_codec
 
     if shipped:
-        if "compass-cpu" not in registered():
-            pytest.skip("compass-cpu is not registered")
-        obj = load_weights("compass-cpu")[0]
+        if shipped not in registered():
+            pytest.skip(f"{shipped} is not registered")
+        obj = load_weights(shipped)[0]
     else:
         codec = spread_codec()
         codec.entropy_bottleneck.quantiles.data += 0.3  # off target: export must fit them before rounding
@@ -231,6 +232,33 @@ def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shippe
         rebuilt.update()
         for name, buf in loaded.named_buffers():
             assert torch.equal(buf, dict(rebuilt.named_buffers())[name]), (module, name)
+
+
+def test_export_stores_frozen_modules_bit_for_bit(tmp_path):
+    """A module loaded from weights and passed as `frozen` is written unchanged (no second quantile fit)."""
+    from compass.weights import build_codec, export, load_weights, state_from_weights
+
+    from conftest import spread_codec
+
+    cfg = {"codec": RECIPE["codec"]}
+    export({"base": spread_codec()}, cfg, "compass-tiny-single", tmp_path / "a.pt")
+    first = load_weights(tmp_path / "a.pt")[0]
+    export({"base": build_codec(first, "base")}, cfg, "again", tmp_path / "b.pt", frozen={"base"})
+    a, b = (state_from_weights(o, "base") for o in (first, load_weights(tmp_path / "b.pt")[0]))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["compass-cpu", "compass-cpu-lite"])
+def test_shipped_scalable_models_have_the_single_layer_codec_as_base(name):
+    """The base layer of every shipped scalable model is compass-cpu-single, bit for bit (the simulcast and
+    single-layer baselines of the evaluation are then the scalable model's own base codec)."""
+    from compass.weights import load_weights, registered, state_from_weights
+
+    if not {name, "compass-cpu-single"} <= set(registered()):
+        pytest.skip("shipped weights are not registered")
+    base = state_from_weights(load_weights(name)[0], "base")
+    single = state_from_weights(load_weights("compass-cpu-single")[0], "base")
+    assert base.keys() == single.keys() and all(torch.equal(base[k], single[k]) for k in base)
 
 
 def test_recipe_extends_merges_tables(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -64,13 +65,18 @@ def round_to_half(module: nn.Module) -> None:
             p.copy_(p.half().float())
 
 
-def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | Path, info: dict | None = None) -> str:
+def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | Path, info: dict | None = None,
+           frozen: Collection[str] = ()) -> str:
     """Write a weights file: fp16 parameters, exact tables rebuilt from them. Returns its sha256.
 
     `modules`: {"base": codec} for a single-layer model, {"base", "residual", "liff"} for a scalable one.
     `configs`: {"codec": CodecConfig dict, "liff": LiffConfig dict (scalable only)}.
+    `frozen`: modules loaded unchanged from shipped weights, stored as they are: fitting the quantiles again
+    would move them (the fit is an optimization, not idempotent) and change the tables the shipped file codes with.
     """
-    for m in modules.values():
+    for key, m in modules.items():
+        if key in frozen:
+            continue
         if isinstance(m, MeanScaleHyperprior):
             m.entropy_bottleneck.fit_quantiles()  # before rounding: the tables come from the stored quantiles
         round_to_half(m)

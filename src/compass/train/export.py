@@ -72,9 +72,14 @@ def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training:
     os.replace(tmp, target)
 
 
-def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PRETRAINED_DIR) -> list[str]:
+def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PRETRAINED_DIR,
+                       name: str | None = None) -> list[str]:
     """Write the single-layer model (from `base`) and the scalable one (from `joint`); either may be None (a
-    joint stage whose `base_from` names shipped weights needs no base checkpoint). Returns the names written."""
+    joint stage whose `base_from` names shipped weights needs no base checkpoint). Returns the names written.
+
+    `name`: the scalable model's name (default compass-RECIPE; the single-layer one is always
+    compass-RECIPE-single). Its training record keeps the recipe name the checkpoints were trained with.
+    """
     if base is None and joint is None:
         raise ValueError("nothing to export: give a base and/or a joint checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         _record(name, path, sha, "single-layer", configs, training)
         names.append(name)
     if jk is not None:
-        name = f"compass-{recipe['name']}"
+        name = name or f"compass-{recipe['name']}"
         path = out_dir / f"{name}.pt"
         configs = {"codec": recipe["codec"], "liff": recipe["liff"]}
         liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
@@ -106,7 +111,9 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
         modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),
                    "residual": _codec(jk["modules"]["residual"], recipe["codec"]), "liff": liff}
-        sha = export(modules, configs, name, path, training)
+        # a base loaded from shipped weights and frozen is stored bit for bit as shipped
+        frozen = {"base"} if jk["stage_config"].get("base_from") in manifest()["models"] else set()
+        sha = export(modules, configs, name, path, training, frozen)
         _record(name, path, sha, "scalable", configs, training)
         names.append(name)
     return names
@@ -117,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, help="checkpoint of the base stage (exports the single-layer model)")
     p.add_argument("--joint", type=Path, help="checkpoint of the joint stage (its frozen base is the one shipped)")
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR)
+    p.add_argument("--name", help="name of the scalable model (default: compass-RECIPE)")
     args = p.parse_args(argv)
-    for n in export_checkpoints(args.base, args.joint, args.out):
+    for n in export_checkpoints(args.base, args.joint, args.out, args.name):
         print(f"exported {n}")
     return 0
 

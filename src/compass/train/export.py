@@ -90,13 +90,13 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
     names = []
     if ck is not None:
-        name = f"compass-{ck['recipe']['name']}-single"
-        path = out_dir / f"{name}.pt"
+        single = f"compass-{ck['recipe']['name']}-single"
+        path = out_dir / f"{single}.pt"
         configs = {"codec": recipe["codec"]}
         training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [_stage_info(ck, base)]}
-        sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, name, path, training)
-        _record(name, path, sha, "single-layer", configs, training)
-        names.append(name)
+        sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, single, path, training)
+        _record(single, path, sha, "single-layer", configs, training)
+        names.append(single)
     if jk is not None:
         name = name or f"compass-{recipe['name']}"
         path = out_dir / f"{name}.pt"

@@ -1,7 +1,6 @@
 """The single-layer codec end to end: real bitstreams against forward, rate, damage, gains, determinism, quality."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 

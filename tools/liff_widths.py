@@ -76,7 +76,8 @@ def report() -> str:
         else:
             continue
         macs = rdn_macs(cfg) / 4 + liff_macs(cfg, 2)["factorized"]
-        widths = f"C {cfg.feat}, {cfg.blocks}x{cfg.convs} blocks, G {cfg.growth}, MLP {'-'.join(map(str, cfg.hidden))}"
+        widths = (f"C {cfg.feat}, {cfg.blocks}x{cfg.convs} blocks, G {cfg.growth}, MLP {'-'.join(map(str, cfg.hidden))}"
+                  + (", skip" if cfg.skip else ""))
         lines.append(f"| {name} | {widths} | {macs:,.0f} | {predict_ms(cfg):.0f} | {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

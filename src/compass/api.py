@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import bitstream
+from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
 from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, load_image, to_pixels, to_tensor
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
-from .weights import DEFAULT_MODEL, build_scalable, load_weights
+from .weights import build_scalable, load_weights
 
 DEFAULT_LAYERS = (0.25, 0.5, 1.0)
 DEFAULT_QUALITY = 0.5

@@ -407,7 +407,8 @@ def _models(model, single, workdir: Path) -> dict:
     from .codec import CodecConfig, MeanScaleHyperprior
     from .liff import LIFF
     from .train.config import load_recipe
-    from .weights import DEFAULT_MODEL, DEFAULT_SINGLE, export, registered
+    from . import DEFAULT_MODEL, DEFAULT_SINGLE
+    from .weights import export, registered
 
     names = registered()
     model = model or (DEFAULT_MODEL if DEFAULT_MODEL in names else None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .codec import MeanScaleHyperprior, one_thread
+from .codec import MeanScaleHyperprior
 from .liff import LIFF
 from .resample import upsample_bicubic
 

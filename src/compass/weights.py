@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import DEFAULT_MODEL, DEFAULT_SINGLE
 from .codec import CodecConfig, MeanScaleHyperprior
 from .errors import CompassError
 from .liff import LIFF, LiffConfig

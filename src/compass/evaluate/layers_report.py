@@ -16,12 +16,12 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from .. import bitstream
+from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
 from ..api import Compass
 from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir
 from ..resample import plan_from_fractions, resize
-from ..weights import DEFAULT_MODEL, DEFAULT_SINGLE, build_codec, load_weights
+from ..weights import build_codec, load_weights
 from .baselines import BASELINES, jpeg2000
 from .bdrate import bd_psnr, bd_rate
 from .metrics import psnr, to_float

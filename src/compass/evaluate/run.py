@@ -48,14 +48,14 @@ import pillow_heif
 import torch
 from tqdm import tqdm
 
-from .. import bitstream
+from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
 from ..api import Compass
 from ..errors import CompassError
 from ..fileutil import atomic_write_bytes
 from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir, portable
 from ..resample import plan_from_scales, resize
-from ..weights import DEFAULT_MODEL, DEFAULT_SINGLE, WeightsError, build_codec, load_weights
+from ..weights import WeightsError, build_codec, load_weights
 from .baselines import BASELINES, HEVC_ENC_PARAMS, jpeg2000_levels, jpeg2000_lowpass
 from .bdrate import BDWarning, bd_problem, bd_psnr, bd_rate
 from .metrics import ms_ssim, ms_ssim_scales, psnr, to_float

@@ -163,6 +163,45 @@ def test_cache_skips_work_and_tracks_weights(quick, crops, tiny_weights, tiny_si
     assert new["stats"]["run"] == 2 * 2 * 2 * 3  # (compass, ablation) x configs x images x q
 
 
+def test_shards_split_the_jobs_and_a_plain_run_assembles_them(quick, crops, tiny_weights, tiny_single_weights,
+                                                              tmp_path, monkeypatch):
+    results, _ = quick
+    cache, cfg = tmp_path / "cache", ["2L-2.0x"]
+    stats = [run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights, cache=cache,
+                          configs=cfg, progress=False, shard=(i, 2))["stats"] for i in range(2)]
+    assert all(s["run"] > 0 for s in stats)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a job the shards ran was coded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(Compass, "encode", refuse)
+        m.setattr(run, "_classical_layer_job", refuse)
+        whole = run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights, cache=cache,
+                             configs=cfg, progress=False)
+    assert whole["stats"]["run"] == 0 and sum(s["run"] for s in stats) == whole["stats"]["jobs"]  # disjoint shares
+    assert whole["points"] == [p for p in results["points"] if p["config"] in cfg]
+    with pytest.raises(ValueError, match="cache"):
+        run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights, progress=False, shard=(0, 2))
+
+
+def test_training_history_follows_checkpoints_and_shipped_sources():
+    """The report counts the steps of the runs a stage continued: a checkpoint (init_from with a stage record)
+    and shipped weights (init_from / shipped_sources with a training record holding a stage of that name)."""
+    from compass.evaluate.report import stage_history
+
+    cpu_base = {"stage": "base", "steps": 40000, "init_from": None}
+    call1 = {"stage": "base", "steps": 4915,
+             "init_from": {"source": "compass-cpu-single", "training": {"stages": [cpu_base]}}}
+    call2 = {"stage": "base", "steps": 4565, "init_from": {"source": "runs/x/checkpoint.pt", "stage": call1}}
+    assert stage_history(call2) == [40000, 4915, 4565]
+    joint = {"stage": "joint", "steps": 443, "init_from": None,
+             "shipped_sources": {"base_from": {"training": {"stages": [cpu_base]}},
+                                 "residual_from": {"training": {"stages": [cpu_base, {"stage": "joint", "steps": 7000}]}}}}
+    assert stage_history(joint) == [7000, 443]
+    assert stage_history({"stage": "liff", "steps": 5}) == [5]
+
+
 def test_known_bd_and_reasons(quick):
     """Anchors at twice compass's bytes for the same PSNR give -50 %; curves without overlap give a reason."""
     results, _ = quick

@@ -74,6 +74,82 @@ def test_base_stage_logs_checkpoints_and_resumes_exactly(tmp_path, data_dir, mon
     assert steps == [1, 2, 3, 4]  # no duplicated rows after the resume
 
 
+class _Clock:
+    """A fake monotonic clock that training steps advance by `duration(step)` seconds."""
+
+    def __init__(self, duration):
+        self.now, self.steps, self.duration = 0.0, 0, duration
+
+    def monotonic(self):
+        return self.now
+
+
+@pytest.mark.parametrize("case", ["steady", "faster after the probe", "slower after the lr switch"])
+def test_time_budget_fits_the_steps_and_stops_at_the_deadline(case, tmp_path, data_dir, monkeypatch):
+    from compass.train import loop, stages
+
+    duration = {"steady": lambda k: 1.0, "faster after the probe": lambda k: 1.0 if k <= 6 else 0.25,
+                "slower after the lr switch": lambda k: 1.0 if k <= 14 else 10.0}[case]
+    clock = _Clock(duration)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop._Budget, "WARMUP", 2)
+    monkeypatch.setattr(loop._Budget, "PROBE", 4)
+    monkeypatch.setattr(loop._Budget, "REFIT", 0.05)  # every 1 s of the 20
+    real = stages.BaseStage.train_step
+
+    def timed(self, sampler, gen):
+        clock.steps += 1
+        clock.now += clock.duration(clock.steps)
+        return real(self, sampler, gen)
+
+    monkeypatch.setattr(stages.BaseStage, "train_step", timed)
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["base"]["steps"] = 1000
+    recipe["train"].update(val_every=1000, checkpoint_minutes=1000)
+    ck = train(recipe, "base", tmp_path, data=str(data_dir), threads=1, progress=False, time_budget=20)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == ck["step"]
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "log.csv")) if r["kind"] == "train"]
+    if case == "slower after the lr switch":  # stopped at the deadline, checkpointed, the stage unfinished
+        assert (ck["step"], ck["stage_config"]["steps"], clock.now) == (15, 19, 24.0)
+        return
+    assert ck["step"] == ck["stage_config"]["steps"] and 16 <= clock.now <= 20  # most of the budget, not more
+    assert lrs[0] == 1e-3 and lrs[-1] == 1e-4  # the schedule's final phase ran
+    if case == "faster after the probe":  # the probe alone would have fitted 18 steps
+        assert ck["step"] > 40
+
+
+def test_pack_crops_leaves_the_validation_photos_out(tmp_path, data_dir):
+    """tools/pack_crops.py: the requested number of crops, from training photos only, at the crop size."""
+    import importlib.util
+
+    from compass.train.data import list_images, split
+
+    spec = importlib.util.spec_from_file_location("pack_crops", REPO / "tools" / "pack_crops.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.pack(data_dir, tmp_path / "p", count=12, crop=40, val_count=2) > 0
+    crops = sorted((tmp_path / "p").iterdir())
+    _, val = split(list_images(data_dir), 2)
+    assert len(crops) == 12 and all(Image.open(c).size == (40, 40) for c in crops)
+    assert not {c.name.rsplit("_", 1)[0] for c in crops} & {v.stem for v in val}
+
+
+def test_checkpoints_keep_the_records_of_the_shipped_weights_they_start_from():
+    """A stage keeps the training records of its shipped sources as they were when it started, and export
+    uses those: exporting again after the sources were replaced (by this run's own export) changes nothing."""
+    from compass.train.export import _source_record
+    from compass.train.loop import shipped_sources
+    from compass.weights import manifest
+
+    models = manifest()["models"]
+    kept = shipped_sources({"residual_from": "compass-cpu", "liff_from": "runs/x/checkpoint.pt"}, "compass-cpu-single")
+    assert set(kept) == {"init_from", "residual_from"}
+    assert kept["residual_from"] == {"source": "compass-cpu", "training": models["compass-cpu"]["training"]}
+    ck = {"sources": {"init_from": {"source": "compass-cpu-single", "training": {"recipe": "older"}}}}
+    assert _source_record("compass-cpu-single", ck)["training"] == {"recipe": "older"}
+    assert _source_record("compass-cpu-single", {})["training"] == models["compass-cpu-single"]["training"]
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, monkeypatch):
     from compass.train import stages
 

@@ -133,11 +133,22 @@ def _train(args) -> int:
     run_dir = args.run_dir or f"runs/{recipe['name']}/{args.stage}"
     try:
         train(recipe, args.stage, run_dir, resume=args.resume, steps=args.steps, data=args.data,
-              threads=args.threads, init=args.init)
+              threads=args.threads, init=args.init,
+              time_budget=60 * args.time_budget if args.time_budget else None)
     except NonFiniteLoss as e:
         print(f"compass train: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/2, not {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, not {text!r}")
+    return i, n
 
 
 def _eval(args) -> int:
@@ -152,7 +163,11 @@ def _eval(args) -> int:
     else:  # a quick run writes beside the full results, sharing their cache, so it never replaces them
         out, cache = (root.with_name(f"{data.name}-quick") if args.quick else root), root / "cache"
     results = evaluate(data, out, quick=args.quick, model=args.model, single=args.single, methods=args.methods,
-                       images=args.images, configs=args.configs, cache=cache, progress=not args.quiet)
+                       images=args.images, configs=args.configs, cache=cache, progress=not args.quiet,
+                       shard=args.shard)
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {results['stats']}; a run without --shard assembles")
+        return 0
     print(f"BD-rate of COMPASS (%, top layer; n/a: see the report)\n{bd_table(results, paper=False)}")
     print(f"wrote {out / 'report.md'}, results.json and plots")
     return 0
@@ -253,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the stage's step count")
     t.add_argument("--init", help="start from shipped weights (name or file) or a checkpoint, when not resuming")
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
+    t.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="fit the step count to this much wall-clock time (after a short probe), then stop")
     t.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
 
@@ -282,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--configs", nargs="+", metavar="CONFIG",
                    help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="only fill the cache with share I of N (0-based), e.g. two processes with --threads 1 "
+                        "and --shard 0/2, 1/2; then run without --shard to write the results")
     v.set_defaults(func=_eval)
 
     b = sub.add_parser("bench", help="speed and memory beside the single-layer codec, JPEG 2000 and HEVC, side by "

@@ -389,12 +389,14 @@ def _check_configs(configs) -> list[Config]:
 def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, quick: bool = False,
              model: str | Path = DEFAULT_MODEL, single: str | Path = DEFAULT_SINGLE,
              methods: Sequence[str] | None = None, images: int | None = None, configs: Sequence[str] | None = None,
-             cache: str | Path | None = None, progress: bool = True) -> dict:
+             cache: str | Path | None = None, progress: bool = True, shard: tuple[int, int] | None = None) -> dict:
     """Code every image of `data` (default: Kodak) with every method, configuration and rate point; summarise.
 
     `methods`: the baselines to run (compass always runs); `configs`: names from CONFIGS (default all).
     `quick`: 3 images (unless `images` says otherwise) and 3 rate points per method. Jobs are cached in `cache`
-    (default OUT/cache; none without `out`). With `out`, writes results.json, report.md, the RD plots and the
+    (default OUT/cache; none without `out`). `shard` (i, n): only fill the cache with the i-th of n disjoint
+    shares of the jobs (n processes side by side use the cores better than one; a run without `shard` then
+    assembles) and return just the stats. With `out`, writes results.json, report.md, the RD plots and the
     visual comparison there (see `report.write_report`). Returns {"setup", "points", "summary", "stats"}.
     """
     t0 = time.perf_counter()
@@ -422,6 +424,11 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
     for pt in points:
         for job in pt.jobs:
             unique.setdefault(_digest(job.key), job)
+    if shard is not None:
+        if store.folder is None:
+            raise ValueError("a shard needs a cache to fill")
+        i, n = shard
+        unique = {h: job for h, job in unique.items() if int(h, 16) % n == i}
     records, ran = {}, 0
     for h, job in tqdm(unique.items(), desc="compass eval", unit="job", disable=not progress):
         rec = store.get(job.key)
@@ -430,6 +437,9 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
             store.put(job.key, rec)
             ran += 1
         records[h] = rec
+    if shard is not None:
+        return {"stats": {"jobs": len(unique), "run": ran, "cached": len(unique) - ran,
+                          "seconds": round(time.perf_counter() - t0, 1)}}
 
     results = {
         "setup": {"data": portable(folder), "quick": quick, "models": ctx.models,

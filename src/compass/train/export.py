@@ -34,8 +34,16 @@ def last_validation(run_dir: Path) -> list[dict]:
              "psnr": float(r["psnr"])} for r in rows if r["step"] == last]
 
 
-def _source_record(source: str) -> dict:
-    """Where a module started: a checkpoint path, or shipped weights with their training record."""
+def _source_record(source: str, ck: dict | None = None, key: str = "init_from") -> dict:
+    """Where a module started: shipped weights with their training record (as the checkpoint kept it when its
+    stage started; older checkpoints: as the manifest has it now), or a checkpoint with its stage's record (so a
+    chain of runs is recorded back to its first)."""
+    kept = (ck or {}).get("sources", {}).get(key)
+    if kept is not None and kept["source"] == source:
+        return kept
+    path = Path(source)
+    if source not in manifest()["models"] and path.is_file():
+        return {"source": source, "stage": _stage_info(torch.load(path, map_location="cpu", weights_only=False), path)}
     return {"source": source, "training": manifest()["models"].get(source, {}).get("training")}
 
 
@@ -44,10 +52,11 @@ def _stage_info(ck: dict, path: Path) -> dict:
     `residual_from`) carry those weights' training record along."""
     source, cfg = ck.get("init_from"), ck["stage_config"]
     info = {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
-            "init_from": _source_record(source) if source else None, "config": cfg,
+            "init_from": _source_record(source, ck) if source else None, "config": cfg,
             "validation": last_validation(path.parent)}
     shipped = manifest()["models"]
-    warm = {k: _source_record(cfg[k]) for k in ("base_from", "residual_from") if cfg.get(k) in shipped}
+    warm = {k: _source_record(cfg[k], ck, k) for k in ("base_from", "residual_from")
+            if cfg.get(k) in shipped or k in ck.get("sources", {})}
     if warm:
         info["shipped_sources"] = warm
     return info
@@ -73,12 +82,12 @@ def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training:
 
 
 def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PRETRAINED_DIR,
-                       name: str | None = None) -> list[str]:
+                       name: str | None = None, single_name: str | None = None) -> list[str]:
     """Write the single-layer model (from `base`) and the scalable one (from `joint`); either may be None (a
     joint stage whose `base_from` names shipped weights needs no base checkpoint). Returns the names written.
 
-    `name`: the scalable model's name (default compass-RECIPE; the single-layer one is always
-    compass-RECIPE-single). Its training record keeps the recipe name the checkpoints were trained with.
+    `name` / `single_name`: the models' names (default compass-RECIPE / compass-RECIPE-single); their training
+    records keep the recipe name the checkpoints were trained with.
     """
     if base is None and joint is None:
         raise ValueError("nothing to export: give a base and/or a joint checkpoint")
@@ -89,11 +98,14 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
     data = {"train": recipe["data"]["train"], "val_count": recipe["data"]["val_count"],
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
     names = []
+    # every record first: the single-layer export below may replace weights the joint stage's record names
+    base_info = _stage_info(ck, base) if ck is not None else None
+    joint_info = _stage_info(jk, joint) if jk is not None else None
     if ck is not None:
-        single = f"compass-{ck['recipe']['name']}-single"
+        single = single_name or f"compass-{ck['recipe']['name']}-single"
         path = out_dir / f"{single}.pt"
         configs = {"codec": recipe["codec"]}
-        training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [_stage_info(ck, base)]}
+        training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [base_info]}
         sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, single, path, training)
         _record(single, path, sha, "single-layer", configs, training)
         names.append(single)
@@ -103,11 +115,11 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         configs = {"codec": recipe["codec"], "liff": recipe["liff"]}
         liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
         liff.load_state_dict(jk["modules"]["liff"])
-        stages = [_stage_info(ck, base)] if ck is not None else []
+        stages = [base_info] if base_info is not None else []
         liff_ck = Path(jk["stage_config"].get("liff_from", ""))
         if liff_ck.is_file():
             stages.append(_stage_info(torch.load(liff_ck, map_location="cpu", weights_only=False), liff_ck))
-        stages.append(_stage_info(jk, joint))
+        stages.append(joint_info)
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
         modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),
                    "residual": _codec(jk["modules"]["residual"], recipe["codec"]), "liff": liff}
@@ -125,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint", type=Path, help="checkpoint of the joint stage (its frozen base is the one shipped)")
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR)
     p.add_argument("--name", help="name of the scalable model (default: compass-RECIPE)")
+    p.add_argument("--single-name", help="name of the single-layer model (default: compass-RECIPE-single)")
     args = p.parse_args(argv)
-    for n in export_checkpoints(args.base, args.joint, args.out, args.name):
+    for n in export_checkpoints(args.base, args.joint, args.out, args.name, args.single_name):
         print(f"exported {n}")
     return 0
 

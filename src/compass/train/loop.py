@@ -57,6 +57,17 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def shipped_sources(cfg: dict, init: str | None) -> dict:
+    """The training records of the shipped weights a stage starts from (`init`, a joint stage's `base_from`,
+    `residual_from`, `liff_from`), as the manifest has them when the stage starts: the checkpoint keeps them,
+    so an export stays right after those weights are replaced (by this very run's export, say)."""
+    from ..weights import manifest
+
+    models = manifest()["models"]
+    pairs = [("init_from", init)] + [(k, cfg.get(k)) for k in ("base_from", "residual_from", "liff_from")]
+    return {k: {"source": v, "training": models[v].get("training")} for k, v in pairs if v in models}
+
+
 def resolve_data(recipe: dict, override: str | None) -> Path:
     folder = override or recipe["data"]["train"]
     p = Path(folder)
@@ -65,11 +76,14 @@ def resolve_data(recipe: dict, override: str | None) -> Path:
 
 def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = False, steps: int | None = None,
           data: str | None = None, threads: int | None = None, init: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, time_budget: float | None = None) -> dict:
     """Train one stage of `recipe` into `run_dir`. Returns the final checkpoint dict.
 
     `init`: shipped weights (name or file) or a checkpoint to start the stage's modules from when not resuming
     (a new session continues from the committed weights this way, with a fresh optimizer).
+    `time_budget` (seconds, for a lease of fixed length): after a short probe the stage's step count is cut to
+    what fits, so the learning-rate schedule still ends with its final phase; past the budget the loop
+    checkpoints and stops.
     """
     rank, world = _dist_info()
     if world > 1 and not dist.is_initialized():
@@ -77,6 +91,8 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls (LIFF's MLP), as cuDNN already does for convs
     cfg = stage_config(recipe, stage_name)
     if steps is not None:
         cfg["steps"] = steps
@@ -100,6 +116,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     val = validation_crops(files_val, recipe["data"]["val_crop"]) if rank == 0 else None
 
     step, elapsed, init_from = 0, 0.0, str(init) if init else None
+    sources = shipped_sources(cfg, init_from)
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck.get("stage") != stage_name:
@@ -122,6 +139,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
             torch.set_rng_state(ck["torch_rng"])
         step, elapsed, init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")
+        sources = ck.get("sources", {})
         if hasattr(stage, "after_resume"):
             stage.after_resume()
         if rank == 0:
@@ -147,7 +165,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
               "modules": {n: m.state_dict() for n, m in stage.modules().items()},
               "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict() if aux_opt else None,
               "sampler": samplers, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-              "init_from": init_from}
+              "init_from": init_from, "sources": sources}
         if rank == 0:
             save_atomic(ck, ckpt_path)
             plot_log(log_path, run_dir / "curves.png")
@@ -162,6 +180,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     acc, acc_n = {}, 0
     last_ckpt = time.monotonic()
     t0 = time.monotonic() - elapsed
+    budget = _Budget(time_budget, step, cfg) if time_budget else None
     ck = None
     try:
         while step < cfg["steps"]:
@@ -217,12 +236,59 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             if due:
                 ck = checkpoint()
                 last_ckpt = time.monotonic()
+            if budget is not None:
+                fitted, over = budget.check(step, cfg["steps"], world)
+                if fitted != cfg["steps"] and rank == 0:
+                    print(f"time budget: {cfg['steps']} -> {fitted} steps at step {step}")
+                cfg["steps"] = fitted
+                if over:
+                    break
         ck = checkpoint()
     finally:
         bar.close()
         if log_file:
             log_file.close()
     return ck
+
+
+class _Budget:
+    """Fits a stage's step count to a wall-clock budget. The rate is first measured over PROBE steps (after
+    WARMUP, which holds one-off costs such as cuDNN warm-up), then again every REFIT of the budget while the
+    schedule has not reached its final lr phase: first steps on a GPU ran at 60% of the later rate. MARGIN of
+    the remaining time stays free for validation and checkpoints. Rank 0's clock decides for every process."""
+
+    WARMUP, PROBE, MARGIN, REFIT = 10, 40, 0.1, 0.1
+
+    def __init__(self, seconds: float, step: int, cfg: dict):
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.first = step
+        self.cap = cfg["steps"]
+        self.final_fraction = cfg.get("final_fraction", 0.2)
+        self.mark = None  # (time, step) the current rate is measured from
+
+    def _fit(self, step: int, now: float) -> int:
+        rate = (step - self.mark[1]) / max(now - self.mark[0], 1e-9)
+        self.mark = (now, step)
+        return min(self.cap, step + int(rate * (self.deadline - now) * (1 - self.MARGIN)))
+
+    def check(self, step: int, steps: int, world: int) -> tuple[int, bool]:
+        """(step count to use, whether to stop now)."""
+        now = time.monotonic()
+        done = step - self.first
+        if done == self.WARMUP:
+            self.mark = (now, step)
+        elif done == self.WARMUP + self.PROBE:
+            steps = self._fit(step, now)
+        elif (done > self.WARMUP + self.PROBE and now - self.mark[0] >= self.REFIT * self.seconds
+              and step < math.floor(steps * (1 - self.final_fraction))):
+            steps = self._fit(step, now)
+        over = now >= self.deadline
+        if world > 1:
+            t = torch.tensor([float(steps), float(over)])
+            dist.broadcast(t, 0)
+            steps, over = int(t[0]), bool(t[1])
+        return steps, over
 
 
 def _truncate_log(path: Path, step: int) -> None:

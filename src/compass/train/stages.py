@@ -186,7 +186,8 @@ class JointStage:
         self.device = device
         codec_cfg = CodecConfig(**recipe["codec"])
         base = MeanScaleHyperprior(codec_cfg)
-        base.load_state_dict(load_module_state(cfg["base_from"], "codec"))
+        if cfg.get("base_from"):  # None: the caller loads every module (e.g. from a finished checkpoint)
+            base.load_state_dict(load_module_state(cfg["base_from"], "codec"))
         base.requires_grad_(False)
         residual = MeanScaleHyperprior(codec_cfg)
         if cfg.get("residual_from"):

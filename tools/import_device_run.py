@@ -1,0 +1,84 @@
+"""Put what scripts/device_train.sh brought back from a GPU lease into runs/, ready for export.
+
+    python tools/import_device_run.py DEVICE_DIR [--base-run runs/cpu-gpu/base] [--init-from SOURCE]
+
+DEVICE_DIR holds base.pt, joint-cpu.pt, joint-lite.pt and logs.tar.gz (slim checkpoints: no optimizer state,
+joint ones without their base). Each checkpoint goes to its run folder with its log; a joint checkpoint gets
+its base back from base.pt. `--init-from` rewrites where the base stage started (on the lease it was a file
+that only existed there). Every stage is then validated on the recipe's held-out photos (the lease validated
+on a split of the packed crops, which is not comparable between runs); those rows are appended to the log
+with the settings the CPU runs use, the lease's own rows keep theirs prefixed with "packed".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import tarfile
+from pathlib import Path
+
+import torch
+
+from compass.paths import data_dir
+from compass.train.data import list_images, split, validation_crops
+from compass.train.loop import LOG_FIELDS, plot_log, save_atomic
+from compass.train.stages import make_stage
+
+
+def held_out_validation(ck: dict) -> list[dict]:
+    recipe, name = ck["recipe"], ck["stage"]
+    cfg = {**ck["stage_config"], "base_from": None, "residual_from": None, "liff_from": None}
+    stage = make_stage(name, recipe, cfg, torch.device("cpu"))
+    for n, m in stage.modules().items():
+        m.load_state_dict(ck["modules"][n])
+    _, files = split(list_images(data_dir(recipe["data"]["train"])), recipe["data"]["val_count"])
+    return stage.validate(validation_crops(files, recipe["data"]["val_crop"]))
+
+
+def relabel_and_append(log: Path, ck: dict, rows: list[dict]) -> None:
+    with open(log, newline="") as f:
+        old = list(csv.DictReader(f))
+    for r in old:
+        if r["kind"] == "val":
+            r["setting"] = f"packed {r['setting']}"
+    for r in rows:
+        old.append({"step": ck["step"], "elapsed_s": round(ck["elapsed_s"], 1), "kind": "val", "lr": "",
+                    **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}})
+    with open(log, "w", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(old)
+    plot_log(log, log.parent / "curves.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("device_dir", type=Path)
+    ap.add_argument("--base-run", type=Path, default=Path("runs/cpu-gpu/base"),
+                    help="run folder for base.pt (its log comes from runs/cpu-gpu/base in the tarball)")
+    ap.add_argument("--init-from", help="where the base stage started (a checkpoint path or shipped name)")
+    ap.add_argument("--no-joint", action="store_true", help="import base.pt only")
+    args = ap.parse_args()
+    src = args.device_dir
+    with tarfile.open(src / "logs.tar.gz") as tar:
+        logs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("log.csv")}
+    base = torch.load(src / "base.pt", map_location="cpu", weights_only=False)
+    if args.init_from:
+        base["init_from"] = args.init_from
+    jobs = [(base, args.base_run, "runs/cpu-gpu/base/log.csv")]
+    if not args.no_joint:
+        for f, run in (("joint-cpu.pt", "runs/cpu-gpu/joint"), ("joint-lite.pt", "runs/cpu-lite-gpu/joint")):
+            ck = torch.load(src / f, map_location="cpu", weights_only=False)
+            ck["modules"] = {"base": base["modules"]["codec"], **ck["modules"]}
+            jobs.append((ck, Path(run), f"{run}/log.csv"))
+    for ck, run, log_name in jobs:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "log.csv").write_bytes(logs[log_name])
+        save_atomic(ck, run / "checkpoint.pt")
+        rows = held_out_validation(ck)
+        relabel_and_append(run / "log.csv", ck, rows)
+        print(run, ck["stage"], ck["step"], [(r["setting"], round(r["bpp"], 4) if r["bpp"] != "" else None,
+                                               round(r["psnr"], 3)) for r in rows])
+
+
+if __name__ == "__main__":
+    main()

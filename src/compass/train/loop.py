@@ -229,20 +229,19 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
                                      **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}})
                 log_file.flush()
             due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
-            if world > 1:
-                flag = torch.tensor([float(due)])
-                dist.broadcast(flag, 0)
-                due = bool(flag.item())
+            steps, over = budget.check(step, cfg["steps"]) if budget is not None else (cfg["steps"], False)
+            if world > 1:  # rank 0's clock decides for every process, in one collective per step
+                flags = torch.tensor([float(due), float(steps), float(over)], dtype=torch.float64)
+                dist.broadcast(flags, 0)
+                due, steps, over = bool(flags[0]), int(flags[1]), bool(flags[2])
+            if steps != cfg["steps"] and rank == 0:
+                print(f"time budget: {cfg['steps']} -> {steps} steps at step {step}")
+            cfg["steps"] = steps
+            if over:  # checkpointed after the loop
+                break
             if due:
                 ck = checkpoint()
                 last_ckpt = time.monotonic()
-            if budget is not None:
-                fitted, over = budget.check(step, cfg["steps"], world)
-                if fitted != cfg["steps"] and rank == 0:
-                    print(f"time budget: {cfg['steps']} -> {fitted} steps at step {step}")
-                cfg["steps"] = fitted
-                if over:
-                    break
         ck = checkpoint()
     finally:
         bar.close()
@@ -255,7 +254,7 @@ class _Budget:
     """Fits a stage's step count to a wall-clock budget. The rate is first measured over PROBE steps (after
     WARMUP, which holds one-off costs such as cuDNN warm-up), then again every REFIT of the budget while the
     schedule has not reached its final lr phase: first steps on a GPU ran at 60% of the later rate. MARGIN of
-    the remaining time stays free for validation and checkpoints. Rank 0's clock decides for every process."""
+    the remaining time stays free for validation and checkpoints."""
 
     WARMUP, PROBE, MARGIN, REFIT = 10, 40, 0.1, 0.1
 
@@ -272,7 +271,7 @@ class _Budget:
         self.mark = (now, step)
         return min(self.cap, step + int(rate * (self.deadline - now) * (1 - self.MARGIN)))
 
-    def check(self, step: int, steps: int, world: int) -> tuple[int, bool]:
+    def check(self, step: int, steps: int) -> tuple[int, bool]:
         """(step count to use, whether to stop now)."""
         now = time.monotonic()
         done = step - self.first
@@ -283,12 +282,7 @@ class _Budget:
         elif (done > self.WARMUP + self.PROBE and now - self.mark[0] >= self.REFIT * self.seconds
               and step < math.floor(steps * (1 - self.final_fraction))):
             steps = self._fit(step, now)
-        over = now >= self.deadline
-        if world > 1:
-            t = torch.tensor([float(steps), float(over)])
-            dist.broadcast(t, 0)
-            steps, over = int(t[0]), bool(t[1])
-        return steps, over
+        return steps, now >= self.deadline
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -1,11 +1,13 @@
 """LIFF: the factorized (per-source-pixel) evaluation equals the direct formulation of the method."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from compass.liff import LIFF, LIFF_SIZES, LiffConfig, direct_query, local_grid, source_index
-from compass.resample import upsample_bicubic
+from compass.resample import upsample_bicubic, upsample_bicubic_pil
 from compass.train.config import load_recipe
 
 
@@ -13,9 +15,10 @@ def direct(m: LIFF, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return direct_query(m, m.features(x), size)
 
 
-def test_factorized_equals_direct_at_any_scale():
+@pytest.mark.parametrize("unfold", [3, 1])
+def test_factorized_equals_direct_at_any_scale(unfold):
     torch.manual_seed(0)
-    m = LIFF(LIFF_SIZES["tiny"])  # default init, float32: outputs of order 1, as in use
+    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], unfold=unfold))  # default init: outputs of order 1, as in use
     x = torch.rand(2, 3, 7, 9)
     for size in [(7, 9), (17, 13), (28, 36), (10, 20), (8, 30)]:  # 1x, odd, 4x, unequal factors
         ref = direct(m, x, size)
@@ -24,9 +27,10 @@ def test_factorized_equals_direct_at_any_scale():
         assert (m(x, size, chunk=37) - ref).abs().max() <= 1e-5  # chunked queries
 
 
-def test_gradients_match_direct():
+@pytest.mark.parametrize("unfold", [3, 1])
+def test_gradients_match_direct(unfold):
     torch.manual_seed(1)
-    m = LIFF(LIFF_SIZES["tiny"]).double()
+    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], unfold=unfold)).double()
     x = torch.rand(1, 3, 5, 6, dtype=torch.float64)
     g1 = torch.autograd.grad(m(x, (11, 9)).square().sum(), list(m.parameters()))
     g2 = torch.autograd.grad(direct(m, x, (11, 9)).square().sum(), list(m.parameters()))
@@ -48,13 +52,18 @@ def test_source_index_and_grid():
 
 
 CPU_WIDTHS = LiffConfig.from_dict(load_recipe("cpu")["liff"])  # the shipped widths
+FAST_WIDTHS = LiffConfig.from_dict(load_recipe("cpu-fast")["liff"])  # no unfolding: parts by a matrix product
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_chunked_queries_equal_one_pass_exactly(threads):
+@pytest.mark.parametrize("widths", [CPU_WIDTHS, FAST_WIDTHS], ids=["cpu", "cpu-fast"])
+def test_chunked_queries_equal_one_pass_exactly(threads, widths):
     """Chunks (bands of target rows, each projecting only its own source rows) give the same floats as one pass."""
     torch.manual_seed(2)
-    m = LIFF(CPU_WIDTHS).eval()
+    m = LIFF(widths).eval()
+    if widths.skip:  # its last layer starts at zero: give the filter product something to compute
+        for p in m.layers[-1].parameters():
+            torch.nn.init.normal_(p, std=0.1)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -105,7 +114,28 @@ def test_skip_predicts_bicubic_plus_the_filter_product():
         assert (m(x, size, chunk=37) - upsample_bicubic(x, size) - correction).abs().max() <= 1e-5
 
 
-def test_configs_without_skip_load_as_the_method():
+def test_pil_skip_upsampler_is_pillows_bicubic():
+    """"bicubic-pil" upsamples as Pillow does (a = -0.5; Pillow rounds to 8 bits), keeps an equal size exactly, and
+    is what an untrained skip model with it predicts."""
+    rng = np.random.default_rng(5)  # values well inside [0, 255]: Pillow clips the overshoot between its passes
+    pixels = rng.integers(60, 196, (9, 13, 3), dtype=np.uint8)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    for h, w in [(18, 26), (31, 17), (9, 40)]:
+        ref = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64) / 255
+        ours = upsample_bicubic_pil(x, (h, w))[0].permute(1, 2, 0).clamp(0, 1).double().numpy()
+        assert np.abs(ours - ref).max() <= 1.5 / 255, (h, w)  # Pillow rounds after each pass
+        assert np.abs(ours - ref).max() < np.abs(upsample_bicubic(x, (h, w))[0].permute(1, 2, 0).numpy() - ref).max()
+    assert torch.equal(upsample_bicubic_pil(x, (9, 13)), x)
+    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], skip=True, skip_upsampler="bicubic-pil"))
+    assert torch.equal(m(x, (20, 30)), upsample_bicubic_pil(x, (20, 30)))
+    with pytest.raises(ValueError, match="skip_upsampler"):
+        LiffConfig(skip_upsampler="lanczos")
+
+
+def test_configs_without_skip_or_unfold_load_as_the_method():
     d = LIFF_SIZES["cpu"].to_dict()
-    del d["skip"]  # a config written before the option existed (the shipped compass-cpu)
-    assert LiffConfig.from_dict(d) == LIFF_SIZES["cpu"] and not LIFF_SIZES["cpu"].skip
+    del d["skip"], d["unfold"]  # a config written before the options existed (the shipped compass-cpu)
+    cfg = LiffConfig.from_dict(d)
+    assert cfg == LIFF_SIZES["cpu"] and not cfg.skip and cfg.unfold == 3
+    with pytest.raises(ValueError, match="unfold"):
+        LiffConfig(unfold=2)

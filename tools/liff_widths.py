@@ -36,6 +36,18 @@ VARIANTS = {  # changes to the cpu recipe's [liff] table
     "cpu-skip": {"skip": True},
     "rdn16-mlp16-skip": {"feat": 16, "blocks": 2, "convs": 2, "growth": 8, "hidden": [16], "skip": True},
     "rdn8-mlp16-skip": {"feat": 8, "blocks": 1, "convs": 2, "growth": 8, "hidden": [16], "skip": True},
+    # without unfolding: the filter acts on the nearest source feature alone (a ninth of the projection)
+    "rdn16-mlp16-skip-u1": {"feat": 16, "blocks": 2, "convs": 2, "growth": 8, "hidden": [16], "skip": True,
+                            "unfold": 1},
+    "rdn16b1-mlp16-skip-u1": {"feat": 16, "blocks": 1, "convs": 2, "growth": 8, "hidden": [16], "skip": True,
+                              "unfold": 1},
+    "rdn16b1-mlp8-skip-u1": {"feat": 16, "blocks": 1, "convs": 2, "growth": 8, "hidden": [8], "skip": True,
+                             "unfold": 1},
+    "rdn8-mlp16-skip-u1": {"feat": 8, "blocks": 1, "convs": 2, "growth": 8, "hidden": [16], "skip": True,
+                           "unfold": 1},
+    # the LIFF of compass-cpu-fast: Pillow's bicubic (a = -0.5) under the correction, a third of the time
+    "rdn16b1-mlp8-skip-u1-pil": {"feat": 16, "blocks": 1, "convs": 2, "growth": 8, "hidden": [8], "skip": True,
+                                 "unfold": 1, "skip_upsampler": "bicubic-pil"},
 }
 
 
@@ -77,7 +89,8 @@ def report() -> str:
             continue
         macs = rdn_macs(cfg) / 4 + liff_macs(cfg, 2)["factorized"]
         widths = (f"C {cfg.feat}, {cfg.blocks}x{cfg.convs} blocks, G {cfg.growth}, MLP {'-'.join(map(str, cfg.hidden))}"
-                  + (", skip" if cfg.skip else ""))
+                  + (", skip" if cfg.skip else "") + (", no unfolding" if cfg.unfold == 1 else "")
+                  + (", Pillow's bicubic" if cfg.skip_upsampler == "bicubic-pil" else ""))
         lines.append(f"| {name} | {widths} | {macs:,.0f} | {predict_ms(cfg):.0f} | {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -124,12 +124,13 @@ def rdn_macs(cfg) -> int:
 def liff_macs(cfg, scale: float) -> dict:
     """Multiply-adds per OUTPUT pixel of LIFF's MLP part, direct vs factorized, at a scale factor per side.
 
-    Direct: every linear layer on [unfolded feature | r | s] (9C + 4 inputs) up to the 9C x 3 filter, then the
-    filter product (27C). Factorized: the hidden layers and the 3 x hidden_last product per target pixel, plus
-    the per-source projection 9C x (hidden0 + 3 hidden_last + 3) shared by scale^2 targets (the r, s terms are
-    separable per row and column: negligible). The RDN, common to both, is given apart (also per output pixel).
+    Direct: every linear layer on [unfolded feature | r | s] (d + 4 inputs, d = 9C, or C without unfolding) up to
+    the d x 3 filter, then the filter product (3d). Factorized: the hidden layers and the 3 x hidden_last product
+    per target pixel, plus the per-source projection d x (hidden0 + 3 hidden_last + 3) shared by scale^2 targets
+    (the r, s terms are separable per row and column: negligible). The RDN, common to both, is given apart (also
+    per output pixel).
     """
-    d, hidden = 9 * cfg.feat, list(cfg.hidden)
+    d, hidden = cfg.unfold**2 * cfg.feat, list(cfg.hidden)
     inner = sum(a * b for a, b in zip(hidden[:-1], hidden[1:]))
     direct = (d + 4) * hidden[0] + inner + hidden[-1] * 3 * d + 3 * d
     per_source = d * (hidden[0] + 3 * hidden[-1] + 3)

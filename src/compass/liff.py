@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import one_thread, row_stripes
-from .resample import upsample_bicubic
+from .resample import upsample_bicubic, upsample_bicubic_pil
+
+SKIP_UPSAMPLERS = {"bicubic": upsample_bicubic, "bicubic-pil": upsample_bicubic_pil}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,13 @@ class LiffConfig:
     `skip`: predict bicubic upsampling plus the filter product, which then learns only a correction (its last
     layer starts at zero, so an untrained model predicts exactly bicubic). The method predicts with the filter
     product alone; the skip lets much narrower widths beat bicubic (docs/performance.md).
+
+    `skip_upsampler`: the upsampling under the correction: "bicubic" (torch's, a = -0.75) or "bicubic-pil"
+    (Pillow's, a = -0.5, the pyramid's kernel; about 3x faster on CPU).
+
+    `unfold`: side of the feature neighbourhood the filter acts on, 3 as in the method (3x3 unfolding) or 1 (the
+    nearest source feature alone; the RDN's receptive field still gives context): a ninth of the per-source
+    projection, for light predictors.
     """
 
     feat: int = 64
@@ -44,6 +53,15 @@ class LiffConfig:
     growth: int = 32
     hidden: tuple[int, ...] = (256, 256, 256, 256)
     skip: bool = False
+    skip_upsampler: str = "bicubic"
+    unfold: int = 3
+
+    def __post_init__(self):
+        if self.unfold not in (1, 3):
+            raise ValueError(f"LIFF unfold must be 1 or 3, not {self.unfold}")
+        if self.skip_upsampler not in SKIP_UPSAMPLERS:
+            raise ValueError(f"LIFF skip_upsampler must be one of {', '.join(SKIP_UPSAMPLERS)}, not "
+                             f"{self.skip_upsampler!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,8 +91,13 @@ class _DenseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
         for c in self.convs:
-            feats.append(F.relu(c(torch.cat(feats, 1))))
-        return x + self.fuse(torch.cat(feats, 1))
+            feats.append(c(_cat(feats)).relu_())  # in place: a fresh tensor
+        return x + self.fuse(_cat(feats))
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Channel concatenation that does not copy a lone tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
 
 
 class RDN(nn.Module):
@@ -96,7 +119,7 @@ class RDN(nn.Module):
         for b in self.blocks:
             h = b(h)
             outs.append(h)
-        return f1 + self.gff(torch.cat(outs, 1))
+        return f1 + self.gff(_cat(outs))
 
 
 def source_index(dst: int, src: int, device=None) -> torch.Tensor:
@@ -132,7 +155,7 @@ class LIFF(nn.Module):
         super().__init__()
         self.config = cfg
         self.rdn = RDN(cfg)
-        d = 9 * cfg.feat
+        d = cfg.unfold**2 * cfg.feat
         widths = (d + 4, *cfg.hidden, 3 * d)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         if cfg.skip:
@@ -141,7 +164,7 @@ class LIFF(nn.Module):
 
     @property
     def unfolded_width(self) -> int:
-        return 9 * self.config.feat
+        return self.config.unfold**2 * self.config.feat
 
     def _split_first(self):
         w = self.layers[0].weight
@@ -182,18 +205,23 @@ class LIFF(nn.Module):
 
         k = hidden0 + 3 * hidden_last + 3. Channels: the first layer's pre-activation without the r, s terms;
         then G (3 x hidden_last), the unfolded feature contracted with the last layer's weight; then beta (3),
-        contracted with its bias. Pixels outside the image unfold as zeros, as in a whole-image unfold.
+        contracted with its bias. G and beta carry the filter product's factor 1/2 (exact: a power of two).
+        Pixels outside the image unfold as zeros, as in a whole-image unfold.
 
         A projection of the 3x3-unfolded feature is a 3x3 convolution with the projection as its kernel (unfold's
         channel order is (C, 3, 3)); in channels-last layout it is about twice as fast as unfold + matrix product.
+        Without unfolding it is a matrix product on the channels-last feature.
         """
         b, c, h, w = f.shape
-        lo, hi = max(0, r0 - 1), min(h, r1 + 1)
-        rows = F.pad(f[:, :, lo:hi], (1, 1, lo - (r0 - 1), r1 + 1 - hi))
         w1, _, b1 = self._split_first()
         wl, bl = self._split_last()
-        proj = torch.cat([w1, wl.reshape(-1, wl.shape[-1]), bl], 0)
+        proj = torch.cat([w1, 0.5 * wl.reshape(-1, wl.shape[-1]), 0.5 * bl], 0)
         bias = torch.cat([b1, torch.zeros(proj.shape[0] - b1.shape[0], device=b1.device, dtype=b1.dtype)])
+        if self.config.unfold == 1:
+            with self._serial():
+                return F.linear(f[:, :, r0:r1].permute(0, 2, 3, 1), proj, bias)
+        lo, hi = max(0, r0 - 1), min(h, r1 + 1)
+        rows = F.pad(f[:, :, lo:hi], (1, 1, lo - (r0 - 1), r1 + 1 - hi))
         cl = torch.channels_last  # the layout the parts are used in, and oneDNN's fast path on one thread
         with self._serial():
             parts = F.conv2d(rows.contiguous(memory_format=cl), proj.view(-1, c, 3, 3).contiguous(memory_format=cl), bias)
@@ -227,8 +255,8 @@ class LIFF(nn.Module):
             a = (first + row[r0:r1, None, :] + col).relu_()  # in place: the sums are fresh tensors
             for layer in self.layers[1:-1]:
                 a = layer(a).relu_()
-            # a batch of (3 x hl) @ hl products; 3-D views keep bmm from copying G (a strided slice)
-            return torch.bmm(G.reshape(-1, 3, hl), a.reshape(-1, hl, 1)).view(beta.shape) + beta
+            # a batch of beta + (3 x hl) @ hl products; 3-D views keep baddbmm from copying G (a strided slice)
+            return torch.baddbmm(beta.reshape(-1, 3, 1), G.reshape(-1, 3, hl), a.reshape(-1, hl, 1)).view(beta.shape)
 
         blocks = source_blocks(h, w)
         if chunk is None:
@@ -244,7 +272,8 @@ class LIFF(nn.Module):
                 bands = -(-(t1 - t0) * W // chunk)
                 rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
                 out += [mlp(parts, s0, r, min(t1, r + rows)) for r in range(t0, t1, rows)]
-        return self._offset + 0.5 * torch.cat(out, 1).permute(0, 3, 1, 2)
+        out = torch.cat(out, 1).permute(0, 3, 1, 2)
+        return out if self.config.skip else out + 0.5
 
     @property
     def _offset(self) -> float:
@@ -254,7 +283,7 @@ class LIFF(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
         """Prediction of `x` upsampled to `size`."""
         out = self.query(self.features(x), size, chunk)
-        return out + upsample_bicubic(x, size) if self.config.skip else out
+        return out + SKIP_UPSAMPLERS[self.config.skip_upsampler](x, size) if self.config.skip else out
 
 
 def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -266,7 +295,8 @@ def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     """
     H, W = size
     b, c, h, w = f.shape
-    u = F.unfold(f, 3, padding=1).view(b, 9 * c, h, w)
+    k = m.config.unfold
+    u = F.unfold(f, k, padding=k // 2).view(b, k * k * c, h, w)
     feat = u[:, :, source_index(H, h, f.device)][:, :, :, source_index(W, w, f.device)].permute(0, 2, 3, 1)
     grid = torch.meshgrid(local_grid(H, h, f.device), local_grid(W, w, f.device), indexing="ij")
     r = torch.stack(grid, -1).to(f.dtype)
@@ -274,5 +304,5 @@ def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     a = torch.cat([feat, r.expand(b, H, W, 2), s.expand(b, H, W, 2)], -1)
     for layer in m.layers[:-1]:
         a = F.relu(layer(a))
-    filt = m.layers[-1](a).view(b, H, W, 9 * c, 3)
+    filt = m.layers[-1](a).view(b, H, W, k * k * c, 3)
     return m._offset + 0.5 * torch.einsum("bhwd,bhwdc->bchw", feat, filt)

@@ -27,6 +27,15 @@ def upsample_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
 
 
+def upsample_bicubic_pil(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic upsampling with Pillow's kernel (a = -0.5, that of `resize`); not clamped, not quantized.
+
+    torch's antialiased kernel, which for upsampling is the plain kernel: it runs separably, about 3x faster on CPU
+    than `upsample_bicubic` (a = -0.75). For sizes that grow or stay (a size that stays is copied exactly).
+    """
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
 def pyramid(x: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Layer images I^0..I^K, each downscaled directly from x (the top size may equal x's own)."""
     return [resize(x, s) for s in sizes]

@@ -339,8 +339,9 @@ def test_check_quality_accepts(good):
 
 @pytest.mark.parametrize("size,stripe", [((301, 517), 1 << 15), ((256, 200), 1 << 14), ((97, 130), 1 << 13)])
 def test_transform_stripes_equal_whole_image_exactly(size, stripe, monkeypatch):
-    """compress/decompress run g_a and g_s in row stripes with a receptive-field halo (on one thread): the same
-    floats as one whole-image pass, odd sizes included; one row less of halo changes them (the halo is tight)."""
+    """compress/decompress run g_a and g_s in row stripes with a receptive-field halo (on one thread), g_s in
+    channels-last layout: the same floats as one whole-image pass, odd sizes included; one row less of halo
+    changes them (the halo is tight)."""
     torch.manual_seed(4)
     m = MeanScaleHyperprior(CODEC_SIZES["cpu"]).eval()
     assert m.g_a.halo == m.g_s.halo == 2
@@ -355,6 +356,9 @@ def test_transform_stripes_equal_whole_image_exactly(size, stripe, monkeypatch):
             assert whole_a.shape[-2:] == img[-1] and whole_s.shape[-2:] == size
             assert torch.equal(m.g_a(x, stripe), whole_a)
             assert torch.equal(m.g_s(y, img[-2::-1], stripe), whole_s)
+            # the decoder's layout (channels last, MeanScaleHyperprior._synthesis) changes no float either
+            assert torch.equal(m.g_s(y.contiguous(memory_format=torch.channels_last), img[-2::-1], stripe), whole_s)
+            assert torch.equal(m._synthesis(y, img), whole_s)
             for transform in (m.g_a, m.g_s):
                 monkeypatch.setattr(type(transform), "halo", property(lambda self: 1))
             assert not torch.equal(m.g_a(x, stripe), whole_a)

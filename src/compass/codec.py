@@ -136,8 +136,7 @@ class MeanScaleHyperprior(nn.Module):
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
         y_hat = torch.round(y - means) + means
-        with one_thread():
-            x_hat = self.g_s(y_hat * inv_gain, img[-2::-1], STRIPE) if reconstruct else None
+        x_hat = self._synthesis(y_hat * inv_gain, img) if reconstruct else None
         check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
         return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "check": check, "x_hat": x_hat}
 
@@ -154,7 +153,14 @@ class MeanScaleHyperprior(nn.Module):
             scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means)
-        with one_thread():
-            x_hat = self.g_s(y_hat * inv_gain, img[-2::-1], STRIPE)
+        x_hat = self._synthesis(y_hat * inv_gain, img)
         check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
         return {"x_hat": x_hat, "check": check}
+
+    def _synthesis(self, y: torch.Tensor, img: list[tuple[int, int]]) -> torch.Tensor:
+        """g_s at inference: one thread, row stripes, and channels-last layout, in which oneDNN's transposed
+        convolutions skip a layout copy of their input and output at every stage (about 30% of g_s on one
+        thread) and give the same floats (a test compares). h_s keeps its layout: there the floats differ, and
+        they set the probability model."""
+        with one_thread():
+            return self.g_s(y.contiguous(memory_format=torch.channels_last), img[-2::-1], STRIPE)

@@ -273,7 +273,7 @@ class LIFF(nn.Module):
                 rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
                 out += [mlp(parts, s0, r, min(t1, r + rows)) for r in range(t0, t1, rows)]
         out = torch.cat(out, 1).permute(0, 3, 1, 2)
-        return out if self.config.skip else out + 0.5
+        return out + self._offset if self._offset else out
 
     @property
     def _offset(self) -> float:

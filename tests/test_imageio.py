@@ -14,7 +14,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 from compass import fileutil, imageio
 from compass.errors import CompassError
 from compass.fileutil import atomic_write_bytes, same_file
-from compass.imageio import DEFAULT_MAX_PIXELS, ImageError, load_image, save_image, to_pixels, to_tensor
+from compass.imageio import DEFAULT_MAX_PIXELS, ImageError, all_finite, load_image, save_image, to_pixels, to_tensor
 
 RNG = np.random.default_rng(0)
 
@@ -481,7 +481,22 @@ def test_to_pixels_rounding_rule():
 def test_to_pixels_refuses_nan_and_bad_shapes():
     with pytest.raises(ValueError, match="NaN"):
         to_pixels(torch.full((1, 3, 2, 2), float("nan")))
+    x = torch.rand(1, 3, 5, 7).contiguous(memory_format=torch.channels_last)  # decoders hand over this layout
+    np.testing.assert_array_equal(to_pixels(x), to_pixels(x.contiguous()))
+    x[0, 1, 2, 3] = float("nan")  # one value inside the image
+    with pytest.raises(ValueError, match="NaN"):
+        to_pixels(x)
     with pytest.raises(ValueError):
         to_pixels(torch.zeros(2, 3, 4, 4))
     with pytest.raises(ValueError):
         to_tensor(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_sees_one_bad_value_anywhere(value):
+    x = torch.rand(1, 3, 6, 9).contiguous(memory_format=torch.channels_last)
+    assert all_finite(x)
+    for at in [(0, 0, 0, 0), (0, 1, 3, 4), (0, 2, 5, 8)]:
+        y = x.clone()
+        y[at] = value
+        assert not all_finite(y), at

@@ -77,6 +77,23 @@ def test_chunked_queries_equal_one_pass_exactly(threads, widths):
         torch.set_num_threads(old)
 
 
+def test_inference_writes_in_place_without_changing_results_or_the_input():
+    """Without autograd a prediction writes its bands into one output and adds into the fresh upsampling; with
+    autograd, or a batch (bands not contiguous), it copies: the same floats, and the input is never touched."""
+    torch.manual_seed(6)
+    m = LIFF(FAST_WIDTHS).eval()
+    for p in m.layers[-1].parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for batch, layout in [(1, torch.channels_last), (1, torch.contiguous_format), (2, torch.contiguous_format)]:
+        x = torch.rand(batch, 3, 20, 30).contiguous(memory_format=layout)
+        kept = x.clone()
+        for size in [(20, 30), (41, 60), (33, 77)]:
+            with torch.no_grad():
+                fast, whole = m(x, size, chunk=97), m(x, size)
+            assert torch.equal(fast, whole) and torch.equal(m(x, size, chunk=97).detach(), whole), (batch, size)
+            assert torch.equal(x, kept)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_rdn_stripes_equal_whole_image_exactly(threads):
     """Large inputs run the RDN in row stripes with a receptive-field halo: same floats as the whole image.

@@ -19,7 +19,7 @@ import torch
 from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, load_image, to_pixels, to_tensor
+from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, load_image, to_pixels, to_tensor
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
 from .weights import build_scalable, load_weights
@@ -130,7 +130,7 @@ class Compass:
                 if check != chunks[j].check:
                     raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
                                          f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
-                if not torch.isfinite(x).all():  # symbols no encoder writes, with a check made to match (forged)
+                if not all_finite(x):  # symbols no encoder writes, with a check made to match (forged)
                     raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
                                       f"below {j} are fine")
                 image = to_pixels(x)

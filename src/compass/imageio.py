@@ -163,9 +163,15 @@ def to_pixels(x: torch.Tensor) -> np.ndarray:
     x = x.detach().cpu()
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    if torch.isnan(x).any():
+    if torch.isnan(torch.aminmax(x).min):  # aminmax propagates NaN: one pass, nothing of the image's size
         raise ValueError("tensor has NaN values")
-    return torch.round(x.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return x.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every value is finite, in one pass and without a mask of the image's size (aminmax propagates NaN)."""
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) and torch.isfinite(hi))
 
 
 def _check_pixels(pixels: np.ndarray) -> None:

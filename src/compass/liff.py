@@ -95,9 +95,9 @@ class _DenseBlock(nn.Module):
         return x + self.fuse(_cat(feats))
 
 
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Channel concatenation that does not copy a lone tensor."""
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
+def _cat(tensors: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """Concatenation (of channels by default) that does not copy a lone tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
 class RDN(nn.Module):
@@ -185,12 +185,12 @@ class LIFF(nn.Module):
         Inputs above `stripe` pixels run in row stripes of about that size, each with `rdn.halo` rows of context
         on either side: every kept row sees exactly the inputs it sees in a whole-image pass.
         """
-        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # oneDNN's fastest layout here
+        x = x.contiguous(memory_format=torch.channels_last).sub(0.5).mul_(2)  # oneDNN's fastest layout here
         b, _, h, w = x.shape
         with self._serial():
             if stripe is None or h * w <= stripe:
                 return self.rdn(x)
-            f = x.new_empty(b, self.config.feat, h, w)
+            f = torch.empty(b, self.config.feat, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
             for r0, r1, lo, hi in row_stripes(h, h * w, stripe, self.rdn.halo):
                 f[:, :, r0:r1] = self.rdn(x[:, :, lo:hi])[:, :, r0 - lo:r1 - lo]
         return f
@@ -247,23 +247,27 @@ class LIFF(nn.Module):
         h0 = self.layers[0].out_features
         hl = self.layers[-1].in_features
 
-        def mlp(parts: torch.Tensor, s0: int, r0: int, r1: int) -> torch.Tensor:
-            """Target rows r0..r1-1 from the parts of source rows s0.. (channels last)."""
+        def mlp(parts: torch.Tensor, s0: int, r0: int, r1: int, dest: torch.Tensor | None = None) -> torch.Tensor:
+            """Target rows r0..r1-1 from the parts of source rows s0.. (channels last), written into `dest` if given
+            (without a copy where it can: no autograd, a contiguous band)."""
             idx = ((iy[r0:r1, None] - s0) * w + ix[None, :]).reshape(-1)
             g = parts.reshape(b, -1, parts.shape[-1]).index_select(1, idx).view(b, r1 - r0, W, -1)
             first, G, beta = g.split([h0, 3 * hl, 3], -1)  # split: one allocation in backward, not three
-            a = (first + row[r0:r1, None, :] + col).relu_()  # in place: the sums are fresh tensors
+            a = torch.add(first, row[r0:r1, None, :]).add_(col).relu_()  # in place: the sum is a fresh tensor
             for layer in self.layers[1:-1]:
                 a = layer(a).relu_()
             # a batch of beta + (3 x hl) @ hl products; 3-D views keep baddbmm from copying G (a strided slice)
-            return torch.baddbmm(beta.reshape(-1, 3, 1), G.reshape(-1, 3, hl), a.reshape(-1, hl, 1)).view(beta.shape)
+            args = beta.reshape(-1, 3, 1), G.reshape(-1, 3, hl), a.reshape(-1, hl, 1)
+            if dest is not None and dest.is_contiguous() and not torch.is_grad_enabled():
+                return torch.baddbmm(*args, out=dest.view(-1, 3, 1))
+            res = torch.baddbmm(*args).view(beta.shape)
+            return res if dest is None else dest.copy_(res)
 
         blocks = source_blocks(h, w)
         if chunk is None:
-            parts = torch.cat([self.source_parts(f, s0, s1) for s0, s1 in blocks], 1)
-            out = [mlp(parts, 0, 0, H)]
+            out = mlp(_cat([self.source_parts(f, s0, s1) for s0, s1 in blocks], 1), 0, 0, H)
         else:
-            out = []
+            out = f.new_empty(b, H, W, 3)
             for s0, s1 in blocks:
                 t0, t1 = (int(t) for t in torch.searchsorted(iy, torch.tensor([s0, s1], device=dev)))
                 if t0 == t1:
@@ -271,8 +275,9 @@ class LIFF(nn.Module):
                 parts = self.source_parts(f, s0, s1)
                 bands = -(-(t1 - t0) * W // chunk)
                 rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
-                out += [mlp(parts, s0, r, min(t1, r + rows)) for r in range(t0, t1, rows)]
-        out = torch.cat(out, 1).permute(0, 3, 1, 2)
+                for r in range(t0, t1, rows):
+                    mlp(parts, s0, r, min(t1, r + rows), out[:, r:min(t1, r + rows)])
+        out = out.permute(0, 3, 1, 2)
         return out + self._offset if self._offset else out
 
     @property
@@ -283,7 +288,8 @@ class LIFF(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
         """Prediction of `x` upsampled to `size`."""
         out = self.query(self.features(x), size, chunk)
-        return out + SKIP_UPSAMPLERS[self.config.skip_upsampler](x, size) if self.config.skip else out
+        # the upsampling is a fresh tensor: the sum goes into it (a + b == b + a exactly)
+        return SKIP_UPSAMPLERS[self.config.skip_upsampler](x, size).add_(out) if self.config.skip else out
 
 
 def direct_query(m: LIFF, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

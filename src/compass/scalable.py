@@ -76,7 +76,7 @@ class ScalableCodec(nn.Module):
             pred = self.predict(recons[-1], tuple(target.shape[-2:]))
             out = self.residual.compress(target - pred, q, reconstruct_top or k < top)
             codes.append(LayerCode(out["strings"], out["check"]))
-            recons.append(None if out["x_hat"] is None else pred + out["x_hat"])
+            recons.append(None if out["x_hat"] is None else pred.add_(out["x_hat"]))  # pred is fresh and done
         return codes, recons
 
     @torch.no_grad()
@@ -90,7 +90,7 @@ class ScalableCodec(nn.Module):
             else:
                 pred = self.predict(x_prev, size)
                 out = self.residual.decompress(code.strings, size, q)
-                x_prev = pred + out["x_hat"]
+                x_prev = pred.add_(out["x_hat"])  # pred is fresh and done
             yield x_prev, out["check"]
 
     def update(self) -> None:

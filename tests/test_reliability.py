@@ -233,7 +233,8 @@ def _model_or_skip(name, tiny_weights):
 
 
 @pytest.mark.parametrize("name,predictor", [("tiny", "liff"), ("tiny", "bicubic"), ("compass-cpu", "liff"),
-                                            ("compass-cpu-lite", "liff"), ("compass-cpu-fast", "liff")])
+                                            ("compass-cpu-lite", "liff"), ("compass-cpu-fast", "liff"),
+                                            ("compass-cpu-mini", "liff")])
 def test_scalable_files_and_decodes_identical_with_1_and_2_threads(name, predictor, tiny_weights, tmp_path):
     """Process A encodes with 1 thread, B with 2, C with 1 again; each decodes its own file and B, C the other's.
 

@@ -286,7 +286,8 @@ def test_two_process_ddp_keeps_replicas_equal(tmp_path, data_dir):
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
-@pytest.mark.parametrize("shipped", [None, "compass-cpu", "compass-cpu-lite", "compass-cpu-fast"])
+@pytest.mark.parametrize("shipped", [None, "compass-cpu", "compass-cpu-lite", "compass-cpu-fast",
+                                     "compass-cpu-mini"])
 def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shipped):
     """A weights file's probability tables equal those `update()` builds from its own (fp16) parameters, so a
     file coded with the shipped tables decodes with a model rebuilt from the stored weights, and the reverse."""
@@ -325,7 +326,7 @@ def test_export_stores_frozen_modules_bit_for_bit(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["compass-cpu", "compass-cpu-lite", "compass-cpu-fast"])
+@pytest.mark.parametrize("name", ["compass-cpu", "compass-cpu-lite", "compass-cpu-fast", "compass-cpu-mini"])
 def test_shipped_scalable_models_have_the_single_layer_codec_as_base(name):
     """The base layer of every shipped scalable model is compass-cpu-single, bit for bit (the simulcast and
     single-layer baselines of the evaluation are then the scalable model's own base codec)."""

@@ -190,7 +190,8 @@ class LIFF(nn.Module):
         with self._serial():
             if stripe is None or h * w <= stripe:
                 return self.rdn(x)
-            f = torch.empty(b, self.config.feat, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+            f = torch.empty(b, self.config.feat, h, w, dtype=x.dtype, device=x.device,
+                            memory_format=torch.channels_last)
             for r0, r1, lo, hi in row_stripes(h, h * w, stripe, self.rdn.halo):
                 f[:, :, r0:r1] = self.rdn(x[:, :, lo:hi])[:, :, r0 - lo:r1 - lo]
         return f

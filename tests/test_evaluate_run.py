@@ -241,6 +241,14 @@ def test_cli_eval(crops, tiny_weights, tiny_single_weights, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'no-such-model'" in err and "not available" in err
 
+    alone = tmp_path / "alone"  # compass only, what tools/compare_models.py needs
+    assert main(["eval", "--data", str(crops), "--out", str(alone), "--quick", "--model", str(tiny_weights),
+                 "--methods", "none", "--images", "1", "--quiet"]) == 0
+    assert list(json.loads((alone / "results.json").read_text())["setup"]["methods"]) == ["compass"]
+    capsys.readouterr()
+    assert main(["eval", "--data", str(crops), "--out", str(alone), "--methods", "none", "simulcast"]) == 2
+    assert "takes no other method" in capsys.readouterr().err
+
 
 def test_committed_results_name_no_machine_path(monkeypatch, tmp_path):
     from compass.paths import REPO_ROOT, portable

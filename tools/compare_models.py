@@ -2,6 +2,8 @@
 
     python tools/compare_models.py results/kodak-cpu-lite/results.json results/kodak/results.json
 
+Each file comes from `compass eval --model NAME --methods none --out results/kodak-NAME` (compass alone: about
+half an hour on 2 cores as two `--threads 1 ... --shard I/2` processes, then once without --shard to assemble).
 The first file's compass curves are the test, the second's the anchor (BD-rate < 0: the test needs fewer bits).
 Per layer configuration and per layer (accumulated bits over that layer's pixels, mean over the images per
 rate point, as in the evaluation report). Both evaluations must have run on the same images.

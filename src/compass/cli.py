@@ -162,7 +162,10 @@ def _eval(args) -> int:
         out, cache = Path(args.out), Path(args.out) / "cache"
     else:  # a quick run writes beside the full results, sharing their cache, so it never replaces them
         out, cache = (root.with_name(f"{data.name}-quick") if args.quick else root), root / "cache"
-    results = evaluate(data, out, quick=args.quick, model=args.model, single=args.single, methods=args.methods,
+    if args.methods and "none" in args.methods and args.methods != ["none"]:
+        raise ValueError("--methods none runs compass alone and takes no other method")
+    methods = [] if args.methods == ["none"] else args.methods
+    results = evaluate(data, out, quick=args.quick, model=args.model, single=args.single, methods=methods,
                        images=args.images, configs=args.configs, cache=cache, progress=not args.quiet,
                        shard=args.shard)
     if args.shard:
@@ -294,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-layer model for simulcast and single-layer: registered name or weights file")
     v.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
-                        "jpeg2000-simulcast hevc-simulcast hevc-single (default: all)")
+                        "jpeg2000-simulcast hevc-simulcast hevc-single (default: all; none: compass alone, "
+                        "e.g. to compare two models with tools/compare_models.py)")
     v.add_argument("--images", type=int, help="first N images (default: all; 3 with --quick)")
     v.add_argument("--configs", nargs="+", metavar="CONFIG",
                    help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")

@@ -201,31 +201,40 @@ class LIFF(nn.Module):
         count); training keeps every thread."""
         return contextlib.nullcontext() if self.training else one_thread()
 
-    def source_parts(self, f: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-        """Per-source-pixel parts of the MLP for feature rows r0..r1-1, channels last: (B, rows, w, k).
+    def projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-source projection (weight, bias) of `source_parts`, built once per query: its k = hidden0 +
+        3 * hidden_last + 3 outputs are the first layer's pre-activation without the r, s terms; then G
+        (3 x hidden_last), the unfolded feature contracted with the last layer's weight; then beta (3), contracted
+        with its bias. G and beta carry the filter product's factor 1/2 (exact: a power of two).
 
-        k = hidden0 + 3 * hidden_last + 3. Channels: the first layer's pre-activation without the r, s terms;
-        then G (3 x hidden_last), the unfolded feature contracted with the last layer's weight; then beta (3),
-        contracted with its bias. G and beta carry the filter product's factor 1/2 (exact: a power of two).
-        Pixels outside the image unfold as zeros, as in a whole-image unfold.
-
-        A projection of the 3x3-unfolded feature is a 3x3 convolution with the projection as its kernel (unfold's
-        channel order is (C, 3, 3)); in channels-last layout it is about twice as fast as unfold + matrix product.
-        Without unfolding it is a matrix product on the channels-last feature.
+        With 3x3 unfolding the weight is a 3x3 convolution kernel (unfold's channel order is (C, 3, 3)) in
+        channels-last layout; without, a (k, C) matrix.
         """
-        b, c, h, w = f.shape
         w1, _, b1 = self._split_first()
         wl, bl = self._split_last()
         proj = torch.cat([w1, 0.5 * wl.reshape(-1, wl.shape[-1]), 0.5 * bl], 0)
         bias = torch.cat([b1, torch.zeros(proj.shape[0] - b1.shape[0], device=b1.device, dtype=b1.dtype)])
+        if self.config.unfold == 3:
+            proj = proj.view(proj.shape[0], -1, 3, 3).contiguous(memory_format=torch.channels_last)
+        return proj, bias
+
+    def source_parts(self, f: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor], r0: int,
+                     r1: int) -> torch.Tensor:
+        """Per-source-pixel parts of the MLP for feature rows r0..r1-1 by `projection()`, channels last:
+        (B, rows, w, k). Pixels outside the image unfold as zeros, as in a whole-image unfold.
+
+        A projection of the 3x3-unfolded feature is a 3x3 convolution; in channels-last layout it is about twice
+        as fast as unfold + matrix product. Without unfolding it is a matrix product on the channels-last feature.
+        """
+        proj, bias = projection
         if self.config.unfold == 1:
             with self._serial():
                 return F.linear(f[:, :, r0:r1].permute(0, 2, 3, 1), proj, bias)
+        h = f.shape[2]
         lo, hi = max(0, r0 - 1), min(h, r1 + 1)
         rows = F.pad(f[:, :, lo:hi], (1, 1, lo - (r0 - 1), r1 + 1 - hi))
-        cl = torch.channels_last  # the layout the parts are used in, and oneDNN's fast path on one thread
-        with self._serial():
-            parts = F.conv2d(rows.contiguous(memory_format=cl), proj.view(-1, c, 3, 3).contiguous(memory_format=cl), bias)
+        with self._serial():  # channels last: the layout the parts are used in, and oneDNN's fast path
+            parts = F.conv2d(rows.contiguous(memory_format=torch.channels_last), proj, bias)
         return parts.permute(0, 2, 3, 1)
 
     def query(self, f: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
@@ -264,16 +273,16 @@ class LIFF(nn.Module):
             res = torch.baddbmm(*args).view(beta.shape)
             return res if dest is None else dest.copy_(res)
 
-        blocks = source_blocks(h, w)
+        blocks, projection = source_blocks(h, w), self.projection()
         if chunk is None:
-            out = mlp(_cat([self.source_parts(f, s0, s1) for s0, s1 in blocks], 1), 0, 0, H)
+            out = mlp(_cat([self.source_parts(f, projection, s0, s1) for s0, s1 in blocks], 1), 0, 0, H)
         else:
             out = f.new_empty(b, H, W, 3)
             for s0, s1 in blocks:
                 t0, t1 = (int(t) for t in torch.searchsorted(iy, torch.tensor([s0, s1], device=dev)))
                 if t0 == t1:
                     continue
-                parts = self.source_parts(f, s0, s1)
+                parts = self.source_parts(f, projection, s0, s1)
                 bands = -(-(t1 - t0) * W // chunk)
                 rows = -(-(t1 - t0) // bands)  # equal bands of at most about `chunk` pixels
                 for r in range(t0, t1, rows):

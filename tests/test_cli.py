@@ -53,6 +53,17 @@ def test_sizes_and_unequal_scales(png, tmp_path, tiny_weights):
     assert [(l.width, l.height) for l in bitstream.read_header(out.read_bytes())[0].layers] == [(45, 22), (67, 45)]
 
 
+def test_encode_refine_writes_what_the_api_writes(png, tmp_path, tiny_weights, tiny_codec, photo_pixels, capsys):
+    out = tmp_path / "r.cmp"
+    assert run("encode", png, out, "--refine", "3", "--weights", tiny_weights, "--quiet") == 0
+    data = out.read_bytes()
+    assert data == tiny_codec.encode(photo_pixels, refine=3) != tiny_codec.encode(photo_pixels)
+    assert tiny_codec.decode(data).shape == photo_pixels.shape
+    with pytest.raises(SystemExit) as e:
+        run("encode", png, out, "--refine", "-1", "--weights", tiny_weights)
+    assert e.value.code == 2 and "step count" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing input", "not an image", "bad quality", "missing folder", "same path",
                                   "damaged file", "bad layer", "unknown model"])
 def test_errors_exit_2_with_one_line(case, png, tmp_path, tiny_weights, capsys):

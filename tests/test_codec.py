@@ -263,6 +263,9 @@ for q in blob["qs"]:
     sym, x_hat = decode(enc["strings"], enc["shape"], q)
     saved[q] = {"strings": enc["strings"], "x_hat": x_hat}
     res["runs"].append({"q": q, "strings": sha(b"".join(enc["strings"])), "symbols": sym, "x_hat": tsha(x_hat)})
+from compass.refine import RefineConfig
+refined = m.compress(blob["x"], 0.45, refine=RefineConfig(steps=4))
+res["refined"] = sha(b"".join(refined["strings"])) + tsha(refined["x_hat"])
 if other != "-":
     theirs = torch.load(other + "/out.pt", weights_only=False)
     res["cross_symbols"] = [decode(theirs[q]["strings"], tuple(blob["x"].shape[-2:]), q)[0] for q in blob["qs"]]
@@ -303,6 +306,12 @@ def test_strings_and_symbols_identical_across_processes_and_threads(determinism_
             assert ra["symbols"] == rb["symbols"], ra["q"]  # identical decoded integer symbols
         assert r["cross_symbols"] == [run["symbols"] for run in a1["runs"]]  # decoding the other's strings
         assert r["tables"] == a1["tables"]  # update() builds the same integer tables
+
+
+def test_refined_encodes_identical_across_thread_counts(determinism_runs):
+    """Latent refinement (gradient steps on the whole image) also runs on one thread: same file on 1 or 2."""
+    a1, b2, c1 = (determinism_runs[k] for k in ("a1", "b2", "c1"))
+    assert a1["refined"] == b2["refined"] == c1["refined"]
 
 
 def test_decoded_images_bit_identical_across_processes_and_thread_counts(determinism_runs):

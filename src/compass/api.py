@@ -20,6 +20,7 @@ from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
 from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, load_image, to_pixels, to_tensor
+from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
 from .weights import build_scalable, load_weights
@@ -79,8 +80,16 @@ class Compass:
         return plan_from_fractions(height, width, layers if layers is not None else DEFAULT_LAYERS)
 
     def encode(self, image, *, layers: Sequence[float] | None = None, sizes=None, scales=None,
-               quality: float = DEFAULT_QUALITY, qualities: Sequence[float] | None = None) -> bytes:
-        """Code `image` (path, binary file, LoadedImage or uint8 HxWx3 array) into one file holding every layer."""
+               quality: float = DEFAULT_QUALITY, qualities: Sequence[float] | None = None,
+               refine: RefineConfig | int | None = None) -> bytes:
+        """Code `image` (path, binary file, LoadedImage or uint8 HxWx3 array) into one file holding every layer.
+
+        `refine` (a step count or a `RefineConfig`) optimizes every layer's latents for this image before coding
+        (`compass.refine`): fewer bits and/or higher PSNR for about 0.5 s per step per 768x512 layer on one
+        thread; any decoder reads the file.
+        """
+        if isinstance(refine, int):
+            refine = RefineConfig(steps=refine)
         pixels = _pixels(image, self.max_pixels)
         plan = self.plan(pixels.shape[0], pixels.shape[1], layers, sizes, scales)
         if len(plan) > bitstream.MAX_LAYERS:
@@ -91,7 +100,7 @@ class Compass:
         qs = [bitstream.quantize_quality(q) for q in qs]
         x = to_tensor(pixels).to(self.device)
         with _memory_error(f"not enough memory to encode {pixels.shape[1]}x{pixels.shape[0]} in {len(plan)} layers"):
-            codes, _ = self.model.compress(pyramid(x, plan), qs, reconstruct_top=False)
+            codes, _ = self.model.compress(pyramid(x, plan), qs, reconstruct_top=False, refine=refine)
         header = bitstream.Header(self.name, self.model_id,
                                   tuple(bitstream.LayerInfo(h, w, q) for (h, w), q in zip(plan, qs)))
         chunks = [bitstream.Chunk(tuple(c.strings), c.check) for c in codes]

@@ -21,6 +21,16 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"expected a step count >= 0, got {text!r}")
+    return steps
+
+
 def _sizes(text: str) -> list[tuple[int, int]]:
     """'192x128,384x256' (width x height, as image sizes are usually written) -> [(h, w), ...]."""
     out = []
@@ -75,7 +85,7 @@ def _encode(args) -> int:
     for message in image.warnings:
         print(f"compass encode: warning: {message}", file=sys.stderr)
     data = _codec(args).encode(image.pixels, layers=args.layers, sizes=args.sizes, scales=args.scales,
-                               quality=args.quality, qualities=args.qualities)
+                               quality=args.quality, qualities=args.qualities, refine=args.refine)
     atomic_write_bytes(args.output, data)
     if not args.quiet:
         _print_layers(bitstream.info(data))
@@ -241,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scales", type=_scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
     e.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
     e.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
+    e.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
+                   help="optimize each layer's latents for this image for STEPS steps before coding (slower "
+                        "encode, smaller file or better image, same decoder; 100 is a good value; default 0: off)")
     model_args(e)
     e.set_defaults(func=_encode)
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
 from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
-from .quality import check_quality, interpolate_log_gains
+from .quality import check_quality, interpolate_log_gains, q_to_lambda
+from .refine import RefineConfig, refine_latents
 
 
 @dataclass(frozen=True)
@@ -114,31 +115,50 @@ class MeanScaleHyperprior(nn.Module):
         self.gaussian_conditional.update()
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, q: float, reconstruct: bool = True) -> dict:
+    def compress(self, x: torch.Tensor, q: float, reconstruct: bool = True,
+                 refine: RefineConfig | None = None) -> dict:
         """Code one image (1, 3, H, W) at quality q.
 
         Returns {"strings": [y_bytes, z_bytes], "shape": (H, W), "check": symbol CRC, "x_hat": the decoder's
         reconstruction (computed here because a scalable encoder predicts the next layer from it; None with
         `reconstruct=False`, which skips the synthesis transform when nothing is predicted from this layer)}.
+        `refine` optimizes the latents for this image first (`compass.refine`); of the refined and the plain
+        latents, the ones with the lower real cost (coded bits / pixel + lambda * 255^2 * MSE) are written.
         """
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError("compress takes one image shaped (1, C, H, W)")
-        q = _as_q(check_quality(q), 1, x.device)
-        gain, inv_gain, hgain, hinv = self.gains(q)
+        q = check_quality(q)
+        gain, inv_gain, hgain, hinv = self.gains(_as_q(q, 1, x.device))
         img, hyp = self.latent_sizes(*x.shape[-2:])
         with one_thread():
             y = self.g_a(x, STRIPE) * gain
             z = self.h_a(y) * hgain
+        out = self._code(y, z, hinv, hyp)
+        if refine is not None and refine.steps > 0:
+            with one_thread():
+                refined = self._code(*refine_latents(self, x, q, y, z, refine), hinv, hyp)
+            lam = q_to_lambda(q) * 255 ** 2
+            for c in (out, refined):
+                c["x_hat"] = self._synthesis(c["y_hat"] * inv_gain, img)
+                c["cost"] = (sum(len(s) for s in c["strings"]) * 8 / x[0, 0].numel()
+                             + lam * torch.mean((c["x_hat"] - x) ** 2).item())
+            out = min(out, refined, key=lambda c: c["cost"])
+        elif reconstruct:
+            out["x_hat"] = self._synthesis(out["y_hat"] * inv_gain, img)
+        check = symbol_check(out["y_hat"], out["means"], out["z_hat"], self.entropy_bottleneck._medians)
+        return {"strings": out["strings"], "shape": tuple(x.shape[-2:]), "check": check,
+                "x_hat": out.get("x_hat") if reconstruct else None}
+
+    def _code(self, y: torch.Tensor, z: torch.Tensor, hyper_inv_gain: torch.Tensor, hyp_sizes) -> dict:
+        """Entropy-code gained latents y and z: strings [y, z] and what the decoder will see (y_hat, means, z_hat)."""
         z_string = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_string, hyp[-1])
+        z_hat = self.entropy_bottleneck.decompress(z_string, hyp_sizes[-1])
         with one_thread():
-            scales, means = self._hyper_synthesis(z_hat, hinv, hyp)
+            scales, means = self._hyper_synthesis(z_hat, hyper_inv_gain, hyp_sizes)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_string = self.gaussian_conditional.compress(y, indexes, means)
-        y_hat = torch.round(y - means) + means
-        x_hat = self._synthesis(y_hat * inv_gain, img) if reconstruct else None
-        check = symbol_check(y_hat, means, z_hat, self.entropy_bottleneck._medians)
-        return {"strings": [y_string, z_string], "shape": tuple(x.shape[-2:]), "check": check, "x_hat": x_hat}
+        return {"strings": [y_string, z_string], "y_hat": torch.round(y - means) + means, "means": means,
+                "z_hat": z_hat}
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], q: float) -> dict:

@@ -257,13 +257,17 @@ class EntropyBottleneck(_TableModel):
     def forward(self, z: torch.Tensor, training: bool | None = None):
         """Return (z_hat for the decoder, likelihoods). Training: noise for the likelihood, STE rounding for z_hat."""
         training = self.training if training is None else training
-        b, c, h, w = z.shape
-        med = self.medians().view(1, c, 1, 1)
+        med = self.medians().view(1, -1, 1, 1)
         z_hat = _ste_round(z - med) + med
         z_lik = z + torch.empty_like(z).uniform_(-0.5, 0.5) if training else z_hat
-        flat = z_lik.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        return z_hat, self.likelihood(z_lik)
+
+    def likelihood(self, values: torch.Tensor) -> torch.Tensor:
+        """Probability mass of [v - 1/2, v + 1/2] for every value of a (B, C, H, W) tensor (bounded below)."""
+        b, c, h, w = values.shape
+        flat = values.permute(1, 0, 2, 3).reshape(c, 1, -1)
         lik = self._likelihood(flat).reshape(c, b, h, w).permute(1, 0, 2, 3)
-        return z_hat, lower_bound(lik, LIKELIHOOD_BOUND)
+        return lower_bound(lik, LIKELIHOOD_BOUND)
 
     def fit_quantiles(self, steps: int = 3000, lr: float = 1e-2) -> float:
         """Move the quantiles to their targets by minimizing `loss()` alone; returns the final loss.

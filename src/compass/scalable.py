@@ -14,6 +14,7 @@ from torch import nn
 
 from .codec import MeanScaleHyperprior
 from .liff import LIFF
+from .refine import RefineConfig
 from .resample import upsample_bicubic
 
 
@@ -60,21 +61,23 @@ class ScalableCodec(nn.Module):
         return {"x_hat": x_hats, "pred": preds, "likelihoods": liks}
 
     @torch.no_grad()
-    def compress(self, layers: list[torch.Tensor], qualities: list[float],
-                 reconstruct_top: bool = True) -> tuple[list[LayerCode], list[torch.Tensor | None]]:
+    def compress(self, layers: list[torch.Tensor], qualities: list[float], reconstruct_top: bool = True,
+                 refine: RefineConfig | None = None) -> tuple[list[LayerCode], list[torch.Tensor | None]]:
         """Code I^0..I^K (each (1, 3, H, W)) with one quality per layer; returns codes and reconstructions.
 
         `reconstruct_top=False` skips the top layer's synthesis transform, which no prediction needs (the codes
-        are the same); its reconstruction is then None.
+        are the same); its reconstruction is then None. `refine` refines the latents of every layer for that
+        layer's own loss (the base for its image, each residual for its residual), in order, so that each
+        prediction is made from the reconstruction the decoder will have.
         """
         if len(layers) != len(qualities):
             raise ValueError("one quality per layer")
         top = len(layers) - 1
-        out = self.base.compress(layers[0], qualities[0], reconstruct_top or top > 0)
+        out = self.base.compress(layers[0], qualities[0], reconstruct_top or top > 0, refine)
         codes, recons = [LayerCode(out["strings"], out["check"])], [out["x_hat"]]
         for k, (target, q) in enumerate(zip(layers[1:], qualities[1:]), 1):
             pred = self.predict(recons[-1], tuple(target.shape[-2:]))
-            out = self.residual.compress(target - pred, q, reconstruct_top or k < top)
+            out = self.residual.compress(target - pred, q, reconstruct_top or k < top, refine)
             codes.append(LayerCode(out["strings"], out["check"]))
             recons.append(None if out["x_hat"] is None else pred.add_(out["x_hat"]))  # pred is fresh and done
         return codes, recons

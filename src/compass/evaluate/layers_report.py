@@ -1,7 +1,7 @@
 """Kodak numbers for the training report (docs/training.md): per-layer bpp and PSNR of the shipped scalable model,
 and the single-layer codec against JPEG 2000 and JPEG at equal bpp.
 
-    python -m compass.evaluate.layers_report [--images N] [--json PATH]
+    python -m compass.evaluate.layers_report [--images N] [--json PATH] [--single-only] [--refine STEPS] [--jobs N]
 
 Per layer k: bpp = real file bytes a decoder needs for layer k (header + chunks 0..k) / pixels of layer k,
 PSNR of the decoded 8-bit layer against the 8-bit target I^k; means over images. Single-layer comparison: for
@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
 from ..api import Compass
+from ..codec import MeanScaleHyperprior
 from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir
+from ..refine import RefineConfig
 from ..resample import plan_from_fractions, resize
 from ..weights import build_codec, load_weights
 from .baselines import BASELINES, jpeg2000
@@ -35,15 +42,18 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr(to_float(a), to_float(b))
 
 
-def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES, plans=PLANS) -> list[dict]:
-    """Mean accumulated bpp and PSNR per (plan, q, layer)."""
+def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES, plans=PLANS,
+                   refine: RefineConfig | None = None) -> list[dict]:
+    """Mean accumulated bpp and PSNR per (plan, q, layer), and the mean encode time per (plan, q)."""
     rows = []
     for fracs in plans:
         for q in qualities:
-            per_layer = [[] for _ in fracs]
+            per_layer, seconds = [[] for _ in fracs], []
             for px in images:
                 plan = plan_from_fractions(px.shape[0], px.shape[1], fracs)
-                data = codec.encode(px, sizes=plan, quality=q)
+                start = time.perf_counter()
+                data = codec.encode(px, sizes=plan, quality=q, refine=refine)
+                seconds.append(time.perf_counter() - start)
                 meta = bitstream.info(data)
                 for k, (img, layer) in enumerate(zip(codec.decode_all(data), meta["layers"])):
                     target = to_pixels(resize(to_tensor(px), plan[k]))
@@ -51,54 +61,104 @@ def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES
             for k, vals in enumerate(per_layer):
                 rows.append({"plan": list(fracs), "q": q, "layer": k, "fraction": fracs[k],
                              "bpp": float(np.mean([v[0] for v in vals])),
-                             "psnr": float(np.mean([v[1] for v in vals]))})
+                             "psnr": float(np.mean([v[1] for v in vals])), "encode_s": float(np.mean(seconds))})
     return rows
 
 
-def single_layer_table(single, images: list[np.ndarray], qualities=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> dict:
-    """Our single-layer codec vs JPEG 2000 (same bpp per image) and JPEG (interpolated at that bpp)."""
+SINGLE_QUALITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine: RefineConfig | None) -> list[dict]:
+    """One image at each q: our bpp (coded y and z bytes) and PSNR, JPEG 2000 at that bpp, JPEG interpolated."""
     jpeg = BASELINES["jpeg"]
-    jpeg_curves = []
-    for px in images:
-        pts = [(c.num_bytes * 8 / px[..., 0].size, _psnr(c.image, px)) for c in (jpeg.code(px, p) for p in jpeg.sweep)]
-        jpeg_curves.append(sorted(pts))
-    rows = []
+    pixels = px[..., 0].size
+    curve = sorted((c.num_bytes * 8 / pixels, _psnr(c.image, px)) for c in (jpeg.code(px, p) for p in jpeg.sweep))
+    rates, quals = zip(*curve)
+    out = []
     for q in qualities:
-        ours, j2k, jpg = [], [], []
-        for px, curve in zip(images, jpeg_curves):
-            out = single.compress(to_tensor(px), q)
-            nbytes = sum(len(s) for s in out["strings"])
-            bpp = nbytes * 8 / px[..., 0].size
-            ours.append((bpp, _psnr(to_pixels(out["x_hat"]), px)))
-            coded = jpeg2000(px, bpp)
-            j2k.append((coded.num_bytes * 8 / px[..., 0].size, _psnr(coded.image, px)))
-            rates, quals = zip(*curve)
-            jpg.append(float(np.interp(np.log(bpp), np.log(rates), quals)))
-        rows.append({"q": q, "bpp": float(np.mean([o[0] for o in ours])), "psnr": float(np.mean([o[1] for o in ours])),
-                     "jpeg2000_bpp": float(np.mean([j[0] for j in j2k])),
-                     "jpeg2000_psnr": float(np.mean([j[1] for j in j2k])), "jpeg_psnr": float(np.mean(jpg))})
+        start = time.perf_counter()
+        code = single.compress(to_tensor(px), q, refine=refine)
+        seconds = time.perf_counter() - start
+        bpp = sum(len(s) for s in code["strings"]) * 8 / pixels
+        j2k = jpeg2000(px, bpp)
+        out.append({"q": q, "bpp": bpp, "psnr": _psnr(to_pixels(code["x_hat"]), px), "encode_s": seconds,
+                    "jpeg2000_bpp": j2k.num_bytes * 8 / pixels, "jpeg2000_psnr": _psnr(j2k.image, px),
+                    "jpeg_psnr": float(np.interp(np.log(bpp), np.log(rates), quals))})
+    return out
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(single: str) -> None:
+    torch.set_num_threads(1)
+    _WORKER["single"] = _load_single(single)
+
+
+def _worker_image(args) -> list[dict]:
+    return _single_image(_WORKER["single"], *args)
+
+
+def _load_single(single: str) -> MeanScaleHyperprior:
+    return build_codec(load_weights(single)[0], "base")
+
+
+def single_layer_table(single: str, images: list[np.ndarray], qualities=SINGLE_QUALITIES,
+                       refine: RefineConfig | None = None, jobs: int = 1) -> dict:
+    """Our single-layer codec (weights `single`, optionally with latent refinement) vs JPEG 2000 (same bpp per
+    image) and JPEG (interpolated at that bpp); means over images, the per-image numbers, and BD figures.
+    `jobs` > 1 codes images in that many processes of one thread each (the same bytes: coding is one-threaded)."""
+    work = [(px, qualities, refine) for px in images]
+    if jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, ctx, initializer=_worker_init, initargs=(single,)) as pool:
+            per_image = list(tqdm(pool.map(_worker_image, work), total=len(work), desc="single-layer"))
+    else:
+        codec = _load_single(single)
+        per_image = [_single_image(codec, *w) for w in tqdm(work, desc="single-layer")]
+    keys = ("bpp", "psnr", "encode_s", "jpeg2000_bpp", "jpeg2000_psnr", "jpeg_psnr")
+    rows = [{"q": q, **{k: float(np.mean([img[i][k] for img in per_image])) for k in keys}}
+            for i, q in enumerate(qualities)]
     r, p = [x["bpp"] for x in rows], [x["psnr"] for x in rows]
-    bd = {"vs_jpeg2000": {"bd_rate": bd_rate(r, p, [x["jpeg2000_bpp"] for x in rows], [x["jpeg2000_psnr"] for x in rows]),
-                          "bd_psnr": bd_psnr(r, p, [x["jpeg2000_bpp"] for x in rows], [x["jpeg2000_psnr"] for x in rows])},
+    j2k_r, j2k_p = [x["jpeg2000_bpp"] for x in rows], [x["jpeg2000_psnr"] for x in rows]
+    bd = {"vs_jpeg2000": {"bd_rate": bd_rate(r, p, j2k_r, j2k_p), "bd_psnr": bd_psnr(r, p, j2k_r, j2k_p)},
           "vs_jpeg": {"bd_psnr": bd_psnr(r, p, r, [x["jpeg_psnr"] for x in rows])}}
-    return {"rows": rows, "bd": bd}
+    return {"refine": None if refine is None else asdict(refine), "rows": rows, "bd": bd, "per_image": per_image}
 
 
-def markdown(scalable: list[dict], single: dict) -> str:
-    out = ["| layers | q | " + " | ".join(f"layer {k} bpp / PSNR" for k in range(3)) + " |", "|---|---|---|---|---|"]
-    for fracs in PLANS:
-        for q in QUALITIES:
-            cells = [f"{r['bpp']:.3f} / {r['psnr']:.2f}" for r in scalable if r["plan"] == list(fracs) and r["q"] == q]
-            cells += [""] * (3 - len(cells))
-            out.append(f"| {', '.join(f'{f:g}' for f in fracs)} | {q:.2f} | " + " | ".join(cells) + " |")
-    out += ["", "| q | ours bpp | ours PSNR | JPEG 2000 PSNR (bpp) | JPEG PSNR |", "|---|---|---|---|---|"]
+def _single_markdown(single: dict) -> list[str]:
+    refine = single["refine"]
+    title = "plain encoder" if refine is None else f"latents refined for {refine['steps']} steps (lr {refine['lr']:g})"
+    out = [f"Single-layer codec, {title}:", "", "| q | ours bpp | ours PSNR | JPEG 2000 PSNR (bpp) | JPEG PSNR | "
+           "encode s |", "|---|---|---|---|---|---|"]
     for r in single["rows"]:
         out.append(f"| {r['q']:.1f} | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['jpeg2000_psnr']:.2f} "
-                   f"({r['jpeg2000_bpp']:.3f}) | {r['jpeg_psnr']:.2f} |")
+                   f"({r['jpeg2000_bpp']:.3f}) | {r['jpeg_psnr']:.2f} | {r['encode_s']:.1f} |")
     bd = single["bd"]
     out += ["", f"BD-rate vs JPEG 2000: {bd['vs_jpeg2000']['bd_rate']:+.1f}% (BD-PSNR "
             f"{bd['vs_jpeg2000']['bd_psnr']:+.2f} dB); BD-PSNR vs JPEG: {bd['vs_jpeg']['bd_psnr']:+.2f} dB "
-            "(negative BD-rate / positive BD-PSNR: ours is better)."]
+            "(negative BD-rate / positive BD-PSNR: ours is better).", ""]
+    return out
+
+
+def markdown(scalable: list[dict] | None, singles: list[dict]) -> str:
+    out = []
+    if scalable:
+        out += ["| layers | q | " + " | ".join(f"layer {k} bpp / PSNR" for k in range(3)) + " |",
+                "|---|---|---|---|---|"]
+        for fracs in PLANS:
+            for q in QUALITIES:
+                cells = [f"{r['bpp']:.3f} / {r['psnr']:.2f}" for r in scalable
+                         if r["plan"] == list(fracs) and r["q"] == q]
+                cells += [""] * (3 - len(cells))
+                out.append(f"| {', '.join(f'{f:g}' for f in fracs)} | {q:.2f} | " + " | ".join(cells) + " |")
+        out.append("")
+    for single in singles:
+        out += _single_markdown(single)
+    if len(singles) == 2:
+        (a, b) = ([x["bpp"] for x in t["rows"]] for t in singles)
+        (pa, pb) = ([x["psnr"] for x in t["rows"]] for t in singles)
+        out.append(f"Refined against plain: BD-rate {bd_rate(b, pb, a, pa):+.1f}%, BD-PSNR {bd_psnr(b, pb, a, pa):+.2f} dB.")
     return "\n".join(out)
 
 
@@ -108,18 +168,23 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--single", default=DEFAULT_SINGLE)
+    p.add_argument("--single-only", action="store_true", help="skip the scalable model's table")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="also code the single-layer table with latents refined for STEPS steps (side by side)")
+    p.add_argument("--jobs", type=int, default=1, help="processes (one thread each) for the single-layer tables")
     p.add_argument("--json")
     args = p.parse_args(argv)
     files = list_images(args.data or data_dir("kodak"), args.images)
     images = [load_image(f).pixels for f in tqdm(files, desc="load")]
-    codec = Compass(args.model)
-    single = build_codec(load_weights(args.single)[0], "base")
-    scal = scalable_table(codec, images)
-    sing = single_layer_table(single, images)
-    print(markdown(scal, sing))
+    scal = None if args.single_only else scalable_table(Compass(args.model), images)
+    singles = [single_layer_table(args.single, images, jobs=args.jobs)]
+    if args.refine:
+        singles.append(single_layer_table(args.single, images, refine=RefineConfig(steps=args.refine), jobs=args.jobs))
+    print(markdown(scal, singles))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"images": [f.name for f in files], "scalable": scal, "single": sing}, f, indent=2)
+            json.dump({"images": [f.name for f in files], "scalable": scal, "single": singles[0],
+                       "single_refined": singles[1] if args.refine else None}, f, indent=2)
     return 0
 
 

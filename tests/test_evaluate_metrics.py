@@ -6,7 +6,7 @@ import pytest
 from conftest import synthetic_image
 
 from compass.evaluate.bdrate import BDWarning, bd_problem, bd_psnr, bd_rate
-from compass.evaluate.metrics import ms_ssim, ms_ssim_scales, psnr, to_float
+from compass.evaluate.metrics import ms_ssim, ms_ssim_scales, psnr, psnr_uint8, to_float
 
 
 def _image(h=192, w=200, seed=0):
@@ -88,3 +88,12 @@ def test_bd_non_overlapping_curves_are_nan_with_reason():
         warnings.simplefilter("error")
         assert bd_problem(RATES, PSNRS, RATES, PSNRS) is None
         assert bd_rate(RATES, PSNRS, RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_psnr_uint8_reads_8_bit_pixels_and_refuses_floats():
+    a = np.zeros((4, 5, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255  # one sample off by the full range: MSE = 1/60
+    assert psnr_uint8(a, b) == pytest.approx(10 * np.log10(60))
+    with pytest.raises(ValueError, match="uint8"):
+        psnr_uint8(a.astype(np.float32), b)

@@ -18,15 +18,11 @@ import torch
 
 from compass import DEFAULT_SINGLE
 from compass.evaluate.baselines import jpeg2000
-from compass.evaluate.metrics import psnr, to_float
+from compass.evaluate.metrics import psnr_uint8
 from compass.evaluate.run import list_images
 from compass.imageio import load_image, to_pixels, to_tensor
 from compass.paths import data_dir
 from compass.weights import build_codec, load_weights
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return psnr(to_float(a), to_float(b))
 
 
 def ceilings(codec, px: np.ndarray, q: float, optimize: int = 0, lr: float = 0.01) -> dict:
@@ -39,8 +35,8 @@ def ceilings(codec, px: np.ndarray, q: float, optimize: int = 0, lr: float = 0.0
         gain, inv_gain, _, _ = codec.gains(torch.tensor([q]))
         y = codec.g_a(x) * gain
         amortized = codec.g_s(y * inv_gain, img[-2::-1])
-    row = {"bpp": bpp, "psnr": _psnr(to_pixels(code["x_hat"]), px), "jpeg2000_psnr": _psnr(j2k.image, px),
-           "amortized_ceiling": _psnr(to_pixels(amortized), px)}
+    row = {"bpp": bpp, "psnr": psnr_uint8(to_pixels(code["x_hat"]), px), "jpeg2000_psnr": psnr_uint8(j2k.image, px),
+           "amortized_ceiling": psnr_uint8(to_pixels(amortized), px)}
     if optimize:
         y = y.clone().requires_grad_(True)
         opt = torch.optim.Adam([y], lr=lr)
@@ -49,7 +45,7 @@ def ceilings(codec, px: np.ndarray, q: float, optimize: int = 0, lr: float = 0.0
             y.grad, = torch.autograd.grad(loss, [y])
             opt.step()
         with torch.no_grad():
-            row["decoder_ceiling"] = _psnr(to_pixels(codec.g_s(y * inv_gain, img[-2::-1])), px)
+            row["decoder_ceiling"] = psnr_uint8(to_pixels(codec.g_s(y * inv_gain, img[-2::-1])), px)
     return row
 
 

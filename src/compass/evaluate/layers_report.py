@@ -31,15 +31,11 @@ from ..resample import plan_from_fractions, resize
 from ..weights import build_codec, load_weights
 from .baselines import BASELINES, jpeg2000
 from .bdrate import bd_psnr, bd_rate
-from .metrics import psnr, to_float
+from .metrics import psnr_uint8
 from .run import list_images
 
 QUALITIES = (0.0, 1 / 3, 2 / 3, 1.0)
 PLANS = ((0.25, 0.5, 1.0), (0.5, 1.0))
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return psnr(to_float(a), to_float(b))
 
 
 def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES, plans=PLANS,
@@ -57,7 +53,7 @@ def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES
                 meta = bitstream.info(data)
                 for k, (img, layer) in enumerate(zip(codec.decode_all(data), meta["layers"])):
                     target = to_pixels(resize(to_tensor(px), plan[k]))
-                    per_layer[k].append((layer["bpp"], _psnr(img, target)))
+                    per_layer[k].append((layer["bpp"], psnr_uint8(img, target)))
             for k, vals in enumerate(per_layer):
                 rows.append({"plan": list(fracs), "q": q, "layer": k, "fraction": fracs[k],
                              "bpp": float(np.mean([v[0] for v in vals])),
@@ -72,7 +68,7 @@ def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine
     """One image at each q: our bpp (coded y and z bytes) and PSNR, JPEG 2000 at that bpp, JPEG interpolated."""
     jpeg = BASELINES["jpeg"]
     pixels = px[..., 0].size
-    curve = sorted((c.num_bytes * 8 / pixels, _psnr(c.image, px)) for c in (jpeg.code(px, p) for p in jpeg.sweep))
+    curve = sorted((c.num_bytes * 8 / pixels, psnr_uint8(c.image, px)) for c in (jpeg.code(px, p) for p in jpeg.sweep))
     rates, quals = zip(*curve)
     out = []
     for q in qualities:
@@ -81,8 +77,8 @@ def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine
         seconds = time.perf_counter() - start
         bpp = sum(len(s) for s in code["strings"]) * 8 / pixels
         j2k = jpeg2000(px, bpp)
-        out.append({"q": q, "bpp": bpp, "psnr": _psnr(to_pixels(code["x_hat"]), px), "encode_s": seconds,
-                    "jpeg2000_bpp": j2k.num_bytes * 8 / pixels, "jpeg2000_psnr": _psnr(j2k.image, px),
+        out.append({"q": q, "bpp": bpp, "psnr": psnr_uint8(to_pixels(code["x_hat"]), px), "encode_s": seconds,
+                    "jpeg2000_bpp": j2k.num_bytes * 8 / pixels, "jpeg2000_psnr": psnr_uint8(j2k.image, px),
                     "jpeg_psnr": float(np.interp(np.log(bpp), np.log(rates), quals))})
     return out
 
@@ -158,7 +154,8 @@ def markdown(scalable: list[dict] | None, singles: list[dict]) -> str:
     if len(singles) == 2:
         (a, b) = ([x["bpp"] for x in t["rows"]] for t in singles)
         (pa, pb) = ([x["psnr"] for x in t["rows"]] for t in singles)
-        out.append(f"Refined against plain: BD-rate {bd_rate(b, pb, a, pa):+.1f}%, BD-PSNR {bd_psnr(b, pb, a, pa):+.2f} dB.")
+        out.append(f"Refined against plain: BD-rate {bd_rate(b, pb, a, pa):+.1f}%, "
+                   f"BD-PSNR {bd_psnr(b, pb, a, pa):+.2f} dB.")
     return "\n".join(out)
 
 

@@ -46,6 +46,11 @@ def psnr(a, b) -> float:
     return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
 
 
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """`psnr` of two uint8 images (8-bit pixels as decoded or stored)."""
+    return psnr(to_float(a), to_float(b))
+
+
 def ms_ssim_scales(height: int, width: int) -> int:
     """Number of MS-SSIM scales an image supports: at most 5, while the smallest scale still holds an 11x11 window.
 

@@ -164,3 +164,27 @@ def test_decoder_ceiling_tool_orders_its_ceilings(single, crop):
     row = tool.ceilings(single, px, 1.0, optimize=20)
     assert row["psnr"] < row["amortized_ceiling"] < row["decoder_ceiling"]
     assert row["bpp"] > 0 and row["jpeg2000_psnr"] > 20
+
+
+def test_decoder_probe_widens_g_s_without_changing_its_output_and_trains_it(single, crop):
+    """tools/decoder_probe.py: the widened g_s decodes as the shipped one (no noise: to float precision), a wider
+    width that is not a multiple is refused, and one training step changes g_s and nothing else."""
+    import copy
+
+    tool = _tool("decoder_probe")
+    coder = tool.FrozenCoder(single)
+    q = torch.tensor([1.0])
+    latents, sizes = coder(crop, q)
+    with torch.no_grad():
+        shipped = single.g_s(latents, sizes)
+        wide = tool.widen_synthesis(single.g_s, 2 * single.config.N, noise=0.0)(latents, sizes)
+    assert torch.allclose(wide, shipped, atol=1e-4)
+    with pytest.raises(ValueError, match="multiple"):
+        tool.widen_synthesis(single.g_s, single.config.N + 1)
+    g_s = copy.deepcopy(single.g_s).requires_grad_(True)
+    before = {k: v.clone() for k, v in coder.state_dict().items()}
+    loss, _ = tool.distortion(g_s, coder, crop, q)
+    loss.backward()
+    torch.optim.SGD(g_s.parameters(), lr=1e-3).step()
+    assert not torch.equal(g_s.convs[0].weight, single.g_s.convs[0].weight)
+    assert all(torch.equal(v, before[k]) for k, v in coder.state_dict().items())

@@ -16,11 +16,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..codec import MeanScaleHyperprior
 from ..paths import data_dir
 from .config import stage_config
 from .data import CropSampler, list_images, split, validation_crops
-from .grow import grow_latents
 from .stages import load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
@@ -149,12 +147,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             print(f"resumed {stage_name} at step {step} from {ckpt_path}")
     elif init:
         for name, m in stage.modules().items():
-            state = load_module_state(init, name)
-            if isinstance(m, MeanScaleHyperprior) and state["log_gain"].shape != m.log_gain.shape:
-                if rank == 0:
-                    print(f"growing {name}'s latents from {state['log_gain'].shape[1]} to {m.config.M} channels")
-                state = grow_latents(m, state, seed=seed)
-            m.load_state_dict(state)
+            m.load_state_dict(load_module_state(init, name))
         if rank == 0:
             print(f"initialized {stage_name} from {init}")
     if world > 1:

@@ -30,7 +30,9 @@ from compass.codec import MeanScaleHyperprior
 from compass.layers import GDN, Synthesis, deconv
 from compass.paths import data_dir
 from compass.quality import q_to_lambda
+from compass.train.config import load_recipe
 from compass.train.data import CropSampler, list_images, split, validation_crops
+from compass.train.stages import psnr
 from compass.weights import build_codec, load_weights
 
 
@@ -57,11 +59,9 @@ def widen_synthesis(g_s: Synthesis, width: int, noise: float = 1e-3, seed: int =
             new.weight.copy_(w + noise * w.std() * torch.randn(w.shape, generator=gen))
             new.bias.copy_(src.bias if i == len(convs) - 1 else src.bias[idx])
         for new, src in zip(acts, g_s.acts):
-            ped = src.pedestal
-            beta = src.beta.clamp(min=src.beta_bound) ** 2 - ped
-            gamma = src.gamma.clamp(min=ped**0.5) ** 2 - ped
-            new.beta.copy_((beta[idx] + ped).sqrt())
-            new.gamma.copy_((gamma[idx][:, idx] / k + ped).sqrt())
+            beta, gamma = src.effective()
+            new.beta.copy_((beta[idx] + src.pedestal).sqrt())
+            new.gamma.copy_((gamma[idx][:, idx] / k + src.pedestal).sqrt())
     return Synthesis(convs, acts)
 
 
@@ -96,12 +96,12 @@ def distortion(g_s, coder, x, q):
 
 @torch.no_grad()
 def validate(g_s, coder, val: torch.Tensor) -> dict:
+    """Mean PSNR of the decoded validation crops at q = 0, 0.5, 1 (batches of 4, as the training stages do)."""
     g_s.eval()
     out = {}
     for q in (0.0, 0.5, 1.0):
-        mses = [distortion(g_s, coder, val[i:i + 4], torch.full((len(val[i:i + 4]),), q))[1] for i in range(0, len(val), 4)]
-        mse = torch.cat(mses)
-        out[f"psnr_q{q}"] = float((-10 * torch.log10(mse)).mean())
+        mse = torch.cat([distortion(g_s, coder, x, torch.full((len(x),), q))[1] for x in val.split(4)])
+        out[f"psnr_q{q}"] = float(psnr(mse).mean())
     g_s.train()
     return out
 
@@ -132,9 +132,10 @@ def main(argv=None) -> int:
         g_s = widen_synthesis(g_s, args.width, seed=args.seed)
     g_s = g_s.train().requires_grad_(True)
     coder = FrozenCoder(codec)
-    train_files, val_files = split(list_images(args.data or data_dir("train")), 16)
+    data = load_recipe("cpu")["data"]  # the held-out split and crops every training stage validates on
+    train_files, val_files = split(list_images(args.data or data_dir(data["train"])), data["val_count"])
     sampler = CropSampler(train_files, args.crop, args.seed)
-    val = validation_crops(val_files, 256)
+    val = validation_crops(val_files, data["val_crop"])
     opt = torch.optim.Adam(g_s.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 

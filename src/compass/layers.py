@@ -84,9 +84,14 @@ class GDN(nn.Module):
         self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
         self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(beta, gamma) as the normalization uses them, from their non-negative parametrization."""
         beta = self.beta.clamp(min=self.beta_bound) ** 2 - self.pedestal
         gamma = self.gamma.clamp(min=self.pedestal**0.5) ** 2 - self.pedestal
+        return beta, gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta, gamma = self.effective()
         c = gamma.shape[0]
         norm = F.conv2d(x * x, gamma.view(c, c, 1, 1), beta)
         norm = torch.sqrt(norm)

@@ -16,17 +16,24 @@ from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
 from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
-from .quality import check_quality, interpolate_log_gains, q_to_lambda
+from .quality import LAMBDA_MAX, LAMBDA_MIN, check_quality, interpolate_log_gains, q_to_lambda
 from .refine import RefineConfig, refine_latents
 
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """Everything needed to rebuild a codec: N (transform width), M (latent channels), gain levels."""
+    """Everything needed to rebuild a codec: N (transform width), M (latent channels), gain levels, and the
+    lambda that q = 0 and q = 1 were trained for (older weights files, without them, get the defaults)."""
 
     N: int = 64
     M: int = 96
     levels: int = 6
+    lambda_min: float = LAMBDA_MIN
+    lambda_max: float = LAMBDA_MAX
+
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        return self.lambda_min, self.lambda_max
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,7 +144,7 @@ class MeanScaleHyperprior(nn.Module):
         if refine is not None and refine.steps > 0:
             with one_thread():
                 refined = self._code(*refine_latents(self, x, q, y, z, refine), hinv, hyp)
-            lam = q_to_lambda(q) * 255 ** 2
+            lam = q_to_lambda(q, self.config.lambda_range) * 255 ** 2
             for c in (out, refined):
                 c["x_hat"] = self._synthesis(c["y_hat"] * inv_gain, img)
                 c["cost"] = (sum(len(s) for s in c["strings"]) * 8 / x[0, 0].numel()

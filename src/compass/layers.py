@@ -54,10 +54,12 @@ def size_chain(height: int, width: int, stages: int) -> list[tuple[int, int]]:
 
 
 def pad_even(x: torch.Tensor) -> torch.Tensor:
-    """Replicate-pad the right/bottom edge by one pixel where a side is odd."""
-    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    """Replicate-pad the right/bottom edge by one pixel where a side is odd (by concatenating the last row or
+    column: the same values as F.pad's replicate mode, whose backward torch.compile gets wrong)."""
+    if x.shape[-2] % 2:
+        x = torch.cat([x, x[..., -1:, :]], dim=-2)
+    if x.shape[-1] % 2:
+        x = torch.cat([x, x[..., -1:]], dim=-1)
     return x
 
 

@@ -20,9 +20,14 @@ def check_quality(q: float) -> float:
     return q
 
 
-def q_to_lambda(q):
-    """Log-linear map from q (float or tensor) to the RD trade-off lambda of the loss R + lambda * 255^2 * MSE."""
-    return LAMBDA_MIN * (LAMBDA_MAX / LAMBDA_MIN) ** q
+def q_to_lambda(q, lambda_range: tuple[float, float] = (LAMBDA_MIN, LAMBDA_MAX)):
+    """Log-linear map from q (float or tensor) to the RD trade-off lambda of the loss R + lambda * 255^2 * MSE.
+
+    `lambda_range` is a codec's (CodecConfig.lambda_range): the shipped cpu models use the default; a model
+    trained for higher qualities widens it. Only training and encoder-side refinement read lambda, so a file
+    still means what its model was trained for."""
+    lo, hi = lambda_range
+    return lo * (hi / lo) ** q
 
 
 def interpolate_log_gains(log_gains: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

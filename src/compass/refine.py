@@ -70,7 +70,7 @@ def refine_latents(codec, x: torch.Tensor, q: float, y: torch.Tensor, z: torch.T
         _, inv_gain, _, hyper_inv = codec.gains(qq)
     img, hyp = codec.latent_sizes(*x.shape[-2:])
     medians = codec.entropy_bottleneck.medians().view(1, -1, 1, 1)
-    lam = q_to_lambda(float(q)) * 255 ** 2
+    lam = q_to_lambda(float(q), codec.config.lambda_range) * 255 ** 2
     pixels = x.shape[-2] * x.shape[-1]
     y = y.detach().clone().requires_grad_(True)
     z = z.detach().clone().requires_grad_(True)

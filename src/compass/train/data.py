@@ -75,3 +75,53 @@ def validation_crops(files: list[Path], crop: int) -> torch.Tensor:
         y, x = (h - crop) // 2, (w - crop) // 2
         out.append(torch.from_numpy(img[y:y + crop, x:x + crop].copy()).permute(2, 0, 1))
     return torch.stack(out).float().div_(255)
+
+
+class TensorCropSampler:
+    """Random crops with flips cut on the training device from photos held there as uint8.
+
+    The same interface as CropSampler (`rng` for host-side decisions, `batch`, `state`), but the crop positions,
+    picks and flips are drawn by a generator on the device and gathered in one indexing op, so a GPU step makes
+    no host copy and never waits for the host. Images of any size are kept in one flat HWC buffer.
+    """
+
+    def __init__(self, files: list[Path], crop: int, seed: int, device: torch.device):
+        images = [_load(f, crop) for f in files]
+        self.device = torch.device(device)
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        shapes = np.array([im.shape[:2] for im in images], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)[:-1]])
+        self.pixels = torch.from_numpy(np.concatenate([im.reshape(-1) for im in images])).to(self.device)
+        self.heights = torch.from_numpy(shapes[:, 0]).to(self.device)
+        self.widths = torch.from_numpy(shapes[:, 1]).to(self.device)
+        self.offsets = torch.from_numpy(offsets).to(self.device)
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"].cpu())  # a checkpoint loaded onto the GPU holds it there
+
+    def batch(self, size: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
+        """(size, 3, ch, cw) float in [0, 1] on the device."""
+        ch, cw = crop or (self.crop, self.crop)
+        dev, g = self.device, self.gen
+        pick = torch.randint(len(self.heights), (size,), generator=g, device=dev)
+        h, w, off = self.heights[pick], self.widths[pick], self.offsets[pick]
+        u = torch.rand(size, 4, generator=g, device=dev)
+        y0 = (u[:, 0] * (h - ch + 1)).long().clamp_max(h - ch)
+        x0 = (u[:, 1] * (w - cw + 1)).long().clamp_max(w - cw)
+        rows, cols = torch.arange(ch, device=dev), torch.arange(cw, device=dev)
+        rows = torch.where(u[:, 2:3] < 0.5, rows, ch - 1 - rows) + y0[:, None]  # (size, ch), vertical flips
+        cols = torch.where(u[:, 3:4] < 0.5, cols, cw - 1 - cols) + x0[:, None]  # horizontal flips
+        index = (off[:, None, None] + (rows[:, :, None] * w[:, None, None] + cols[:, None, :]) * 3)[:, None]
+        index = index + torch.arange(3, device=dev)[None, :, None, None]  # (size, 3, ch, cw)
+        return self.pixels[index].float().div_(255)
+
+
+def make_sampler(files: list[Path], crop: int, seed: int, device: torch.device, on_device: bool):
+    """The training crop sampler: on the training device (`data.on_device`), or on the host."""
+    return TensorCropSampler(files, crop, seed, device) if on_device else CropSampler(files, crop, seed)

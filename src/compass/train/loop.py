@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..paths import data_dir
 from .config import stage_config
-from .data import CropSampler, list_images, split, validation_crops
+from .data import list_images, make_sampler, split, validation_crops
 from .stages import load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
@@ -93,6 +93,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls (LIFF's MLP), as cuDNN already does for convs
+        torch.backends.cudnn.benchmark = True  # shapes repeat (fixed crops, `odd_sizes`): autotune each once
     cfg = stage_config(recipe, stage_name)
     if steps is not None:
         cfg["steps"] = steps
@@ -107,16 +108,16 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     torch.manual_seed(seed)
     stage = make_stage(stage_name, recipe, cfg, device)
     params, aux_params = stage.parameters(), stage.aux_parameters()
-    opt = torch.optim.Adam(params, lr=cfg["lr"])
-    aux_opt = torch.optim.Adam(aux_params, lr=tcfg["aux_lr"]) if aux_params else None
+    opt, aux_opt = make_optimizers(stage, device, cfg["lr"], tcfg["aux_lr"])
 
     files_train, files_val = split(list_images(resolve_data(recipe, data)), recipe["data"]["val_count"])
-    sampler = CropSampler(files_train, cfg["crop"], seed=seed * 1000 + rank)
-    gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)
+    sampler = make_sampler(files_train, cfg["crop"], seed * 1000 + rank, device, recipe["data"].get("on_device", False))
+    gen = torch.Generator(device=device).manual_seed(seed * 1000 + rank + 1)
     val = validation_crops(files_val, recipe["data"]["val_crop"]) if rank == 0 else None
 
     step, elapsed, init_from = 0, 0.0, str(init) if init else None
     sources = shipped_sources(cfg, init_from)
+    history = history_of(init) if init else []
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck.get("stage") != stage_name:
@@ -133,13 +134,13 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         else:  # more processes than the run that saved: a fresh stream for this rank, not a copy of rank 0's
             sampler.rng = np.random.default_rng([seed, rank, ck["step"]])
         if rank == 0:
-            gen.set_state(ck["generator"])
+            gen.set_state(ck["generator"].cpu())
         else:  # only rank 0's generator is saved
             gen.manual_seed(seed * 1000 + rank + 1 + ck["step"])
         if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
-            torch.set_rng_state(ck["torch_rng"])
+            torch.set_rng_state(ck["torch_rng"].cpu())
         step, elapsed, init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")
-        sources = ck.get("sources", {})
+        sources, history = ck.get("sources", {}), ck.get("history", [])
         if hasattr(stage, "after_resume"):
             stage.after_resume()
         if rank == 0:
@@ -165,7 +166,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
               "modules": {n: m.state_dict() for n, m in stage.modules().items()},
               "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict() if aux_opt else None,
               "sampler": samplers, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-              "init_from": init_from, "sources": sources}
+              "init_from": init_from, "sources": sources, "history": history, "device": device_name(device)}
         if rank == 0:
             save_atomic(ck, ckpt_path)
             plot_log(log_path, run_dir / "curves.png")
@@ -178,6 +179,10 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     bar = tqdm(total=cfg["steps"], initial=step, disable=not progress or rank != 0, desc=stage_name,
                dynamic_ncols=True)
     acc, acc_n = {}, 0
+    # a GPU step is not waited for: metrics stay on the device and the loss is checked for finiteness every
+    # `log_every` steps (and before every checkpoint); on CPU there is nothing to overlap, so every step
+    check_every = tcfg["log_every"] if device.type == "cuda" else 1
+    bad, checked = torch.zeros((), device=device), step
     last_ckpt = time.monotonic()
     t0 = time.monotonic() - elapsed
     budget = _Budget(time_budget, step, cfg) if time_budget else None
@@ -187,36 +192,16 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             lr = lr_at(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, aux, metrics = stage.train_step(sampler, gen)
-            finite = math.isfinite(loss.item())
-            if world > 1:  # every rank stops together, none is left waiting in an all-reduce
-                flag = torch.tensor([float(finite)])
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                finite = bool(flag.item())
-            if not finite:
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} of stage {stage_name}; "
-                                    f"the last good checkpoint is intact at {ckpt_path}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _average_gradients(params, world)
-            torch.nn.utils.clip_grad_norm_(params, tcfg["clip"])
-            opt.step()
-            if aux_opt is not None:
-                aux_opt.zero_grad(set_to_none=True)
-                aux.backward()
-                if world > 1:
-                    _average_gradients(aux_params, world)
-                aux_opt.step()
-                metrics["aux"] = aux.item()
+            loss, metrics = optimize(stage, sampler, gen, opt, aux_opt, tcfg["clip"], world)
+            bad += ~torch.isfinite(loss)
             step += 1
             elapsed = time.monotonic() - t0
             for k, v in metrics.items():
-                acc[k] = acc.get(k, 0.0) + v
+                acc[k] = acc[k] + v if k in acc else v
             acc_n += 1
             bar.update(1)
             if step % tcfg["log_every"] == 0 or step == cfg["steps"]:
-                row = {k: v / acc_n for k, v in acc.items()}
+                row = {k: float(v) / acc_n for k, v in acc.items()}
                 bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
                 if writer:
                     writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "train", "setting": "",
@@ -237,6 +222,9 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             if steps != cfg["steps"] and rank == 0:
                 print(f"time budget: {cfg['steps']} -> {steps} steps at step {step}")
             cfg["steps"] = steps
+            if step - checked >= check_every or due or over or step >= steps:
+                _check_finite(bad, world, checked, stage_name, ckpt_path)
+                checked = step
             if over:  # checkpointed after the loop
                 break
             if due:
@@ -248,6 +236,64 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         if log_file:
             log_file.close()
     return ck
+
+
+def make_optimizers(stage, device: torch.device, lr: float, aux_lr: float):
+    """Adam for the stage's parameters and for its quantiles (None without any); fused on a GPU (one kernel
+    for the whole update instead of several per parameter)."""
+    fused = device.type == "cuda"
+    aux_params = stage.aux_parameters()
+    return (torch.optim.Adam(stage.parameters(), lr=lr, fused=fused),
+            torch.optim.Adam(aux_params, lr=aux_lr, fused=fused) if aux_params else None)
+
+
+def optimize(stage, sampler, gen: torch.Generator, opt, aux_opt, clip: float, world: int = 1):
+    """One training step of `stage`: loss, backward, gradient clipping, Adam, and the auxiliary (quantile)
+    update. Returns (the loss, metrics), both left on the device, so nothing here waits for the GPU."""
+    loss, aux, metrics = stage.train_step(sampler, gen)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        _average_gradients(params, world)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    if aux_opt is not None:
+        aux_params = [p for g in aux_opt.param_groups for p in g["params"]]
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        if world > 1:
+            _average_gradients(aux_params, world)
+        aux_opt.step()
+        metrics["aux"] = aux.detach()
+    return loss.detach(), metrics
+
+
+def _check_finite(bad: torch.Tensor, world: int, checked: int, stage_name: str, ckpt_path: Path) -> None:
+    """Raise NonFiniteLoss when any loss since step `checked` was not finite (on every rank together, so none
+    is left waiting in an all-reduce). Called before every checkpoint, so none holds the weights it spoiled."""
+    if world > 1:
+        dist.all_reduce(bad)
+    if float(bad) > 0:
+        raise NonFiniteLoss(f"non-finite loss after step {checked} of stage {stage_name}; "
+                            f"the last good checkpoint is intact at {ckpt_path}")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def history_of(init: str | Path) -> list[dict]:
+    """The training a checkpoint `init` carries (earlier runs it continued, then itself), for a run that
+    starts from it with a fresh optimizer (a GPU window continuing the last one): [] for shipped weights."""
+    if not Path(init).exists():
+        return []
+    ck = torch.load(init, map_location="cpu", weights_only=False)
+    if "step" not in ck:
+        return []
+    own = {"recipe": ck["recipe"]["name"], "stage": ck["stage"], "steps": ck["step"],
+           "elapsed_s": round(ck["elapsed_s"], 1), "device": ck.get("device", "")}
+    return [*ck.get("history", []), own]
 
 
 class _Budget:

@@ -20,8 +20,24 @@ from ..quality import q_to_lambda
 from ..resample import pyramid, resize, upsample_bicubic
 from ..scalable import ScalableCodec
 
-# channels_last is 10-25% faster for these convolutions on CPU (measured, docs/training.md)
-FORMAT = torch.channels_last
+
+def memory_format(recipe: dict) -> torch.memory_format:
+    """The layout of training activations: channels_last (10-25% faster on CPU, docs/training.md) unless the
+    recipe's `train.channels_last` is false."""
+    return torch.channels_last if recipe.get("train", {}).get("channels_last", True) else torch.contiguous_format
+
+
+def compiled(fn, recipe: dict):
+    """`fn` through torch.compile when the recipe's `train.compile` asks for it (a whole-step graph: fused
+    element-wise work for GDN, noise and likelihoods), else `fn` itself. Static shapes: a stage calls it for
+    its square crops only and runs odd sizes eagerly (torch 2.13's dynamic-shape graph of this step fails to
+    compile, and a static one per odd size costs a compilation each)."""
+    return torch.compile(fn, dynamic=False) if recipe.get("train", {}).get("compile", False) else fn
+
+
+def draw_q(batch: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Qualities U(0, 1) per sample, drawn where `gen` lives (on a GPU: no host copy, no wait)."""
+    return torch.rand(batch, generator=gen, device=gen.device).to(device)
 
 
 def bits(likelihoods: dict) -> torch.Tensor:
@@ -33,13 +49,14 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
-def rd_loss(out: dict, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Per-sample R + lambda(q) * 255^2 * MSE, averaged; returns (loss, metrics)."""
+def rd_loss(out: dict, target: torch.Tensor, q: torch.Tensor, lambda_range: tuple[float, float]) -> tuple[torch.Tensor, dict]:
+    """Per-sample R + lambda(q) * 255^2 * MSE, averaged; returns (loss, metrics as 0-d tensors: reading them
+    is left to the caller, so a GPU step does not wait for its own result)."""
     pixels = target.shape[-2] * target.shape[-1]
     bpp = bits(out["likelihoods"]) / pixels
     mse = (out["x_hat"] - target).pow(2).flatten(1).mean(1)
-    loss = (bpp + q_to_lambda(q) * 255**2 * mse).mean()
-    return loss, {"loss": loss.item(), "bpp": bpp.mean().item(), "psnr": psnr(mse).mean().item()}
+    loss = (bpp + q_to_lambda(q, lambda_range) * 255**2 * mse).mean()
+    return loss, {"loss": loss.detach(), "bpp": bpp.mean().detach(), "psnr": psnr(mse).mean().detach()}
 
 
 class BaseStage:
@@ -49,8 +66,13 @@ class BaseStage:
 
     def __init__(self, recipe: dict, cfg: dict, device: torch.device):
         self.cfg = cfg
-        self.codec = MeanScaleHyperprior(CodecConfig(**recipe["codec"])).to(device, memory_format=FORMAT)
+        self.format = memory_format(recipe)
+        self.codec = MeanScaleHyperprior(CodecConfig(**recipe["codec"])).to(device, memory_format=self.format)
         self.device = device
+        self._loss = compiled(self._rd, recipe)
+
+    def _rd(self, x: torch.Tensor, q: torch.Tensor):
+        return rd_loss(self.codec(x, q), x, q, self.codec.config.lambda_range)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"codec": self.codec}
@@ -64,12 +86,17 @@ class BaseStage:
     def train_step(self, sampler, gen: torch.Generator):
         crop = None
         if sampler.rng.random() < self.cfg.get("odd_fraction", 0.0):
-            # any-size crops train the odd-side pad-and-crop path that square 2^k crops never reach
-            crop = tuple(int(v) for v in sampler.rng.integers(3 * self.cfg["crop"] // 4, self.cfg["crop"] + 1, 2))
-        x = sampler.batch(self.cfg["batch"], crop).to(self.device, memory_format=FORMAT)
-        q = torch.rand(x.shape[0], generator=gen).to(self.device)
+            # any-size crops train the odd-side pad-and-crop path that square 2^k crops never reach; a recipe's
+            # `odd_sizes` draws them from a fixed list instead, so shapes repeat (cuDNN autotuning, compilation)
+            odd = self.cfg.get("odd_sizes")
+            if odd:
+                crop = tuple(int(v) for v in odd[int(sampler.rng.integers(len(odd)))])
+            else:
+                crop = tuple(int(v) for v in sampler.rng.integers(3 * self.cfg["crop"] // 4, self.cfg["crop"] + 1, 2))
+        x = sampler.batch(self.cfg["batch"], crop).to(self.device, memory_format=self.format)
+        q = draw_q(x.shape[0], gen, self.device)
         self.codec.train()
-        loss, metrics = rd_loss(self.codec(x, q), x, q)
+        loss, metrics = (self._loss if crop is None else self._rd)(x, q)
         return loss, self.codec.aux_loss(), metrics
 
     @torch.no_grad()
@@ -81,9 +108,9 @@ class BaseStage:
             for i in range(0, val.shape[0], 4):
                 x = val[i:i + 4].to(self.device)
                 qq = torch.full((x.shape[0],), q, device=self.device)
-                _, m = rd_loss(self.codec(x, qq), x, qq)
+                _, m = rd_loss(self.codec(x, qq), x, qq, self.codec.config.lambda_range)
                 for k in agg:
-                    agg[k] += m[k] * x.shape[0] / val.shape[0]
+                    agg[k] += float(m[k]) * x.shape[0] / val.shape[0]
             rows.append({"setting": f"q={q}", **agg})
         return rows
 
@@ -160,7 +187,7 @@ class LiffStage:
         pred = self.liff(src, high)
         loss = (pred - target).abs().mean()
         mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
-        return loss, None, {"loss": loss.item(), "bpp": 0.0, "psnr": psnr(mse).mean().item()}
+        return loss, None, {"loss": loss.detach(), "bpp": loss.new_zeros(()), "psnr": psnr(mse).mean().detach()}
 
     @torch.no_grad()
     def validate(self, val: torch.Tensor) -> list[dict]:
@@ -220,7 +247,7 @@ class JointStage:
     def crd_loss(self, layers: list[torch.Tensor], q: torch.Tensor):
         """Combined RD loss: sum over ELs of R^k + lambda * 255^2 * MSE^k (one lambda(q) for all layers)."""
         out = self.model(layers, q)
-        lam = q_to_lambda(q) * 255**2
+        lam = q_to_lambda(q, self.model.residual.config.lambda_range) * 255**2
         loss = 0
         for k in range(1, len(layers)):
             pixels = layers[k].shape[-2] * layers[k].shape[-1]
@@ -234,12 +261,12 @@ class JointStage:
         x = sampler.batch(self.cfg["batch"]).to(self.device)
         sizes = sample_sizes(sampler.rng, x.shape[-1], max_el_pixels=self.cfg.get("max_el_pixels", float("inf")))
         layers = pyramid(x, sizes)
-        q = torch.rand(x.shape[0], generator=gen).to(self.device)
+        q = draw_q(x.shape[0], gen, self.device)
         self._train_mode(True)
         loss, out, top_mse = self.crd_loss(layers, q)
         el_bits = sum(bits(l) for l in out["likelihoods"][1:])
-        metrics = {"loss": loss.item(), "bpp": (el_bits / (x.shape[-1] ** 2)).mean().item(),
-                   "psnr": psnr(top_mse).mean().item()}
+        metrics = {"loss": loss.detach(), "bpp": (el_bits / (x.shape[-1] ** 2)).mean().detach(),
+                   "psnr": psnr(top_mse).mean().detach()}
         return loss, self.model.residual.aux_loss(), metrics
 
     @torch.no_grad()
@@ -278,6 +305,9 @@ def make_stage(name: str, recipe: dict, cfg: dict, device: torch.device):
 
 
 def lr_at(cfg: dict, step: int) -> float:
-    """Constant lr, then lr_final for the last `final_fraction` of the steps."""
+    """Constant lr, then lr_final for the last `final_fraction` of the steps; with `warmup`, the first that many
+    steps ramp up linearly (a fresh optimizer at a large batch's lr: every run starts at step 0)."""
     switch = math.floor(cfg["steps"] * (1 - cfg.get("final_fraction", 0.2)))
-    return cfg["lr"] if step < switch else cfg.get("lr_final", cfg["lr"])
+    lr = cfg["lr"] if step < switch else cfg.get("lr_final", cfg["lr"])
+    warmup = cfg.get("warmup", 0)
+    return lr * min(1.0, (step + 1) / warmup) if warmup else lr

@@ -339,6 +339,43 @@ def test_shipped_scalable_models_have_the_single_layer_codec_as_base(name):
     assert base.keys() == single.keys() and all(torch.equal(base[k], single[k]) for k in base)
 
 
+def test_scalable_weights_refer_to_their_shipped_base_and_keep_their_file_ids(tmp_path):
+    """The shipped scalable files hold no copy of compass-cpu-single (a reference: name and sha256); a wrong or
+    missing referenced file is refused by name; a repackaged model keeps the id the files it wrote carry."""
+    from compass.api import Compass
+    from compass.weights import PRETRAINED_DIR, WeightsError, load_weights, manifest, registered
+
+    if "compass-cpu-fast" not in registered():
+        pytest.skip("shipped weights are not registered")
+    entry = manifest()["models"]["compass-cpu-fast"]
+    raw = torch.load(PRETRAINED_DIR / entry["file"], weights_only=True)
+    assert "base" not in raw["state"] and raw["base_from"]["model"] == "compass-cpu-single"
+    assert entry["bytes"] < 5e6 and Compass("compass-cpu-fast").model_id.hex() == entry["id"][:16]
+    for ref, message in (({"model": "compass-cpu-single", "sha256": "0" * 64}, "refers to base model .* reinstall"),
+                         ({"model": "compass-gone", "sha256": "0" * 64}, "'compass-gone', which is not installed")):
+        torch.save({**raw, "base_from": ref}, tmp_path / "w.pt")
+        with pytest.raises(WeightsError, match=message):
+            load_weights(tmp_path / "w.pt")
+
+
+def test_export_refers_to_a_shipped_base_only_when_it_is_that_base_bit_for_bit(tmp_path):
+    from compass.weights import WeightsError, build_codec, export, load_weights, registered
+
+    if "compass-cpu-single" not in registered():
+        pytest.skip("shipped weights are not registered")
+    single, _ = load_weights("compass-cpu-single")
+    configs = {"codec": single["config"]["codec"]}
+    base = build_codec(single, "base")
+    export({"base": base}, configs, "x", tmp_path / "ref.pt", frozen={"base"}, base_ref="compass-cpu-single")
+    back, _ = load_weights(tmp_path / "ref.pt")
+    assert all(torch.equal(v, single["state"]["base"][k]) for k, v in back["state"]["base"].items())
+    assert (tmp_path / "ref.pt").stat().st_size < 10_000
+    with torch.no_grad():
+        base.g_s.convs[0].weight.add_(0.01)
+    with pytest.raises(WeightsError, match="is not the codec of 'compass-cpu-single'"):
+        export({"base": base}, configs, "y", tmp_path / "bad.pt", frozen={"base"}, base_ref="compass-cpu-single")
+
+
 def test_recipe_extends_merges_tables(tmp_path):
     """`extends` starts from another recipe: nested tables merge key by key, the extending file wins."""
     child = tmp_path / "child.toml"

@@ -52,6 +52,11 @@ lr = 1e-3
 lr_final = 1e-4
 final_fraction = 0.2
 warmup = 10
+[stages.joint]
+steps = 100000
+batch = 2
+crop = 40
+lr = 1e-4
 """
 
 
@@ -113,7 +118,7 @@ def test_two_windows_dry_run_continue_and_import(photos, tmp_path, monkeypatch):
 
     def flaky(self, sampler, gen):
         calls["n"] += 1
-        if calls["n"] == 60:  # after the probe's steps: inside the training run
+        if calls["n"] == 25:
             raise RuntimeError("simulated failure")
         return real(self, sampler, gen)
 
@@ -132,6 +137,23 @@ def test_two_windows_dry_run_continue_and_import(photos, tmp_path, monkeypatch):
     steps = [int(line.split(",")[0]) for line in log[1:] if ",train," in line]
     assert steps == sorted(steps) and steps[-1] == rec2["total_steps"]  # counted across windows
     assert (ck_root / "tiny-gpu" / "base-windows.png").stat().st_size > 0
+
+    # a joint window on that base: layer plans from fixed buckets, brought back without the frozen base,
+    # validated here with the committed base, and continued by the next joint window
+    monkeypatch.setattr(stages.BaseStage, "train_step", real)
+    joint = (f'stages.joint.base_from="{committed}"', f'stages.joint.residual_from="{committed}"',
+             "stages.joint.plan_buckets=3", "stages.joint.steps=100000", "stages.joint.batch=2",
+             "stages.joint.crop=40", "stages.joint.lr=1e-4", "stages.joint.max_el_pixels=1.7")
+    for k in (1, 2):
+        run = window.run(str(recipe), "joint", 0.12, str(pack), tmp_path / f"j{k}", run_dir=tmp_path / f"jrun{k}",
+                         probe_seconds=0, variants=("eager",), checkpoints=ck_root, margin_s=1.0, overrides=joint)
+        slim = torch.load(tmp_path / f"j{k}" / "joint.pt", weights_only=False)
+        assert set(slim["modules"]) == {"residual", "liff"} and run["steps"] > 0
+        rec = window.import_window(tmp_path / f"j{k}", checkpoints=ck_root, data=str(photos))
+        assert rec["stage"] == "joint" and {r["setting"].split(" q=")[0] for r in rec["held_out"]} == {"2L 2.0x", "3L 4.0x"}
+    assert run["init"] == str(ck_root / "tiny-gpu" / "joint.pt")
+    assert json.loads((ck_root / "tiny-gpu" / "windows.json").read_text())[-1]["total_steps"] == sum(
+        w["steps"] for w in json.loads((ck_root / "tiny-gpu" / "windows.json").read_text()) if w["stage"] == "joint")
 
 
 def test_window_script_runs_on_cpu(photos, tmp_path):
@@ -207,3 +229,17 @@ def test_throughput_compares_variants_and_reports_failures(photos):
     assert best(rows)["variant"] in {"eager", "host-data"}
     slow_start = [{"variant": "a", "mpix_per_s": 10.0, "warmup_s": 100.0}, {"variant": "b", "mpix_per_s": 8.0, "warmup_s": 1.0}]
     assert best(slow_start)["variant"] == "a" and best(slow_start, seconds=150)["variant"] == "b"
+
+
+def test_bench_train_cli_prints_and_writes_the_variants(photos, tmp_path, capsys):
+    from compass.cli import main
+
+    out = tmp_path / "tp.json"
+    assert main(["bench", "--train", "paper-gpu", "--batch", "1", "--crop", "32", "--seconds", "0.2", "--data",
+                 str(photos), "--variants", "eager,host-data", "--rounds", "2", "--json", str(out), "--quiet", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["variant", "Mpix/s", "ratio"] and table[1].split()[0] == "eager"
+    assert table[1].split()[2] == "1.00"
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["eager", "host-data"] and rows[1]["on_device"] is False
+    assert all(len(r["rounds"]) == 2 and r["s_per_step"] in r["rounds"] for r in rows)

@@ -195,6 +195,8 @@ def _fuzz(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.train:
+        return _bench_train(args)
     from .bench import format_report, run, write_json
 
     log = None if args.quiet else (lambda message: print(f"compass bench: {message}", file=sys.stderr))
@@ -205,6 +207,24 @@ def _bench(args) -> int:
     if args.json:
         write_json(results, args.json)
     return 0
+
+
+def _bench_train(args) -> int:
+    """`compass bench --train RECIPE`: training throughput of the variants, side by side in this process."""
+    import torch
+
+    from .train import load_recipe
+    from .train.throughput import compare, format_rows
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda row: print(f"compass bench: {row['variant']} done", file=sys.stderr))
+    rows = compare(load_recipe(args.train), args.stage, args.variants.split(","), device=args.device, data=args.data,
+                   batch=args.batch, crop=args.crop, seconds=args.seconds, rounds=args.rounds, log=log)
+    print(format_rows(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0 if any("error" not in r for r in rows) else 1
 
 
 def _size_or_none(text: str) -> tuple[int, int] | None:
@@ -342,6 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="threads of every codec (default 1)")
     b.add_argument("--json", help="also write the results to this JSON file")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    t = b.add_argument_group("training throughput (--train RECIPE instead of the coding benchmark)")
+    t.add_argument("--train", metavar="RECIPE", help="time full training steps of RECIPE's stage, in Mpixel/s")
+    t.add_argument("--stage", default="base", help="base, liff or joint (default base)")
+    t.add_argument("--variants", default="eager,eager-nchw,host-data",
+                   help="comma-separated: eager, eager-nchw, host-data, compiled, compiled-nchw "
+                        "(default eager,eager-nchw,host-data)")
+    t.add_argument("--seconds", type=float, default=10.0, help="timed seconds per variant and round (default 10)")
+    t.add_argument("--rounds", type=int, default=1, help="variants measured in turn this many times; the median "
+                                                         "counts (default 1)")
+    t.add_argument("--batch", type=int, help="batch size (default the stage's)")
+    t.add_argument("--crop", type=int, help="square crop side (default the stage's)")
+    t.add_argument("--data", help="training photo folder (default the recipe's, under the shared data root)")
+    t.add_argument("--device", help="cpu or cuda (default cuda when available)")
     b.set_defaults(func=_bench)
     return p
 

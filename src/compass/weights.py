@@ -1,7 +1,8 @@
 """The weights registry: shipped files in `compass/pretrained/`, a manifest, sha256 checks, models rebuilt from config.
 
 A weights file is self-describing: it carries the config that rebuilds its model, so nothing here keeps a
-parallel table of architectures. Floating-point parameters are stored in fp16 (half the size); the integer
+parallel table of architectures. A scalable model whose base is a shipped single-layer codec refers to it
+(`base_from`: name and sha256) instead of holding a copy: the five shipped models hold one base, not five. Floating-point parameters are stored in fp16 (half the size); the integer
 probability tables are stored exactly and are rebuilt at export time from the fp16-rounded parameters, so the
 tables and the network that uses them always agree.
 """
@@ -65,13 +66,15 @@ def round_to_half(module: nn.Module) -> None:
 
 
 def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | Path, info: dict | None = None,
-           frozen: Collection[str] = ()) -> str:
+           frozen: Collection[str] = (), base_ref: str | None = None) -> str:
     """Write a weights file: fp16 parameters, exact tables rebuilt from them. Returns its sha256.
 
     `modules`: {"base": codec} for a single-layer model, {"base", "residual", "liff"} for a scalable one.
     `configs`: {"codec": CodecConfig dict, "liff": LiffConfig dict (scalable only)}.
     `frozen`: modules loaded unchanged from shipped weights, stored as they are: fitting the quantiles again
     would move them (the fit is an optimization, not idempotent) and change the tables the shipped file codes with.
+    `base_ref`: a registered single-layer model whose codec is this model's base, bit for bit (checked): the
+    file refers to it instead of holding a copy.
     """
     for key, m in modules.items():
         if key in frozen:
@@ -83,6 +86,12 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
             m.update()
     obj = {"format": WEIGHTS_FORMAT, "name": name, "config": configs, "info": info or {},
            "state": {k: _half_state(m) for k, m in modules.items()}}
+    if base_ref is not None:
+        ref, _ = load_weights(base_ref)
+        if not _same_state(ref["state"]["base"], obj["state"]["base"]):
+            raise WeightsError(f"the base of {name!r} is not the codec of {base_ref!r}: it cannot refer to it")
+        del obj["state"]["base"]
+        obj["base_from"] = {"model": base_ref, "sha256": _file_sha(base_ref)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -100,6 +109,29 @@ def state_from_weights(obj: dict, module: str) -> dict:
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _file_sha(model: str) -> str:
+    return manifest()["models"][model]["sha256"]
+
+
+def _attach_base(obj: dict, path: Path) -> None:
+    """Put the base a file refers to (`base_from`) into its state, checking the referenced file's sha256."""
+    ref = obj.pop("base_from", None)
+    if ref is None:
+        return
+    try:
+        base_path, expected = resolve(ref["model"])
+    except WeightsError:
+        raise WeightsError(f"{path} refers to base model {ref['model']!r}, which is not installed") from None
+    if expected != ref["sha256"]:
+        raise WeightsError(f"{path} refers to base model {ref['model']!r} with sha256 {ref['sha256'][:16]}..., but "
+                           f"the installed one has {str(expected)[:16]}...: reinstall compass")
+    obj["state"]["base"] = load_weights(ref["model"])[0]["state"]["base"]
+
+
 def resolve(model: str | Path) -> tuple[Path, str | None]:
     """(file, expected sha256) of a registered name, or (path, None) for a file given by path."""
     entry = manifest()["models"].get(str(model))
@@ -113,7 +145,10 @@ def resolve(model: str | Path) -> tuple[Path, str | None]:
 
 
 def load_weights(model: str | Path) -> tuple[dict, str]:
-    """Load a weights object, verifying a registered file's sha256. Returns (object, sha256 of the file)."""
+    """Load a weights object (its base attached when it refers to one), verifying a registered file's sha256.
+    Returns (object, the model's id): the sha256 of its file, or for a registered file that was repackaged
+    without changing its weights (the base moved out to a reference) the manifest's `id`, the sha256 it first
+    shipped with, which the files it wrote carry."""
     path, expected = resolve(model)
     if not path.exists():
         raise WeightsError(f"weights file {path} is missing; restore it with `git checkout -- {path.name}` "
@@ -128,7 +163,9 @@ def load_weights(model: str | Path) -> tuple[dict, str]:
         raise WeightsError(f"cannot read weights file {path}: {e.__class__.__name__}") from None
     if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a compass weights file (format {WEIGHTS_FORMAT})")
-    return obj, digest
+    _attach_base(obj, path)
+    entry = manifest()["models"].get(str(model)) if expected is not None else None
+    return obj, (entry or {}).get("id", digest)
 
 
 def build_codec(obj: dict, module: str = "base") -> MeanScaleHyperprior:

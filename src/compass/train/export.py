@@ -123,9 +123,12 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
         modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),
                    "residual": _codec(jk["modules"]["residual"], recipe["codec"]), "liff": liff}
-        # a base loaded from shipped weights and frozen is stored bit for bit as shipped
-        frozen = {"base"} if jk["stage_config"].get("base_from") in manifest()["models"] else set()
-        sha = export(modules, configs, name, path, training, frozen)
+        # a base loaded from shipped weights and frozen is stored bit for bit as shipped; from a shipped
+        # single-layer model, as a reference to it
+        shipped = manifest()["models"].get(jk["stage_config"].get("base_from"))
+        frozen = {"base"} if shipped else set()
+        ref = jk["stage_config"]["base_from"] if shipped and shipped["kind"] == "single-layer" else None
+        sha = export(modules, configs, name, path, training, frozen, base_ref=ref)
         _record(name, path, sha, "scalable", configs, training)
         names.append(name)
     return names

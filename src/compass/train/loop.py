@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..paths import data_dir
 from .config import stage_config
 from .data import list_images, make_sampler, split, validation_crops
-from .stages import load_module_state, lr_at, make_stage
+from .stages import has_module, load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
 LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
@@ -148,6 +148,8 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             print(f"resumed {stage_name} at step {step} from {ckpt_path}")
     elif init:
         for name, m in stage.modules().items():
+            if name in getattr(stage, "frozen", ()) and not has_module(init, name):
+                continue  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
             m.load_state_dict(load_module_state(init, name))
         if rank == 0:
             print(f"initialized {stage_name} from {init}")

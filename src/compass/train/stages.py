@@ -140,6 +140,15 @@ def sample_sizes(rng: np.random.Generator, top: int, layers: int | None = None,
             return sizes
 
 
+def plan_buckets(cfg: dict, seed: int) -> list[list[tuple[int, int]]]:
+    """With `plan_buckets = K` in a joint stage, K layer plans drawn once (by `seed`, as `sample_sizes` draws
+    them) that every step picks from, so tensor shapes repeat (cuDNN autotunes each once; fresh shapes every
+    step defeat it). Without it: [] (a fresh plan every step)."""
+    count = cfg.get("plan_buckets", 0)
+    rng = np.random.default_rng([seed, 17])
+    return [sample_sizes(rng, cfg["crop"], max_el_pixels=cfg.get("max_el_pixels", float("inf"))) for _ in range(count)]
+
+
 def load_module_state(source: str | Path, *modules: str) -> dict:
     """State dict of the first of `modules` found in `source`: a training checkpoint, or shipped weights (a
     registered name or a weights file; there the single-layer codec is "base", so "codec" finds it)."""
@@ -158,6 +167,15 @@ def load_module_state(source: str | Path, *modules: str) -> dict:
         if m in ck["state"] or (m == "codec" and "base" in ck["state"]):
             return state_from_weights(ck, m)
     raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['state'])}")
+
+
+def has_module(source: str | Path, module: str) -> bool:
+    """Whether `source` (as load_module_state reads it) holds `module`."""
+    try:
+        load_module_state(source, module)
+    except KeyError:
+        return False
+    return True
 
 
 class LiffStage:
@@ -207,10 +225,12 @@ class JointStage:
     """LIFF + residual codec with the combined RD loss over all enhancement layers; frozen base codec."""
 
     name = "joint"
+    frozen = ("base",)  # loaded from `base_from`, never trained: a checkpoint of this stage may leave it out
 
     def __init__(self, recipe: dict, cfg: dict, device: torch.device):
         self.cfg = cfg
         self.device = device
+        self.plans = plan_buckets(cfg, int(recipe.get("seed", 0)))
         codec_cfg = CodecConfig(**recipe["codec"])
         base = MeanScaleHyperprior(codec_cfg)
         if cfg.get("base_from"):  # None: the caller loads every module (e.g. from a finished checkpoint)
@@ -259,7 +279,10 @@ class JointStage:
 
     def train_step(self, sampler, gen: torch.Generator):
         x = sampler.batch(self.cfg["batch"]).to(self.device)
-        sizes = sample_sizes(sampler.rng, x.shape[-1], max_el_pixels=self.cfg.get("max_el_pixels", float("inf")))
+        if self.plans:
+            sizes = self.plans[int(sampler.rng.integers(len(self.plans)))]
+        else:
+            sizes = sample_sizes(sampler.rng, x.shape[-1], max_el_pixels=self.cfg.get("max_el_pixels", float("inf")))
         layers = pyramid(x, sizes)
         q = draw_q(x.shape[0], gen, self.device)
         self._train_mode(True)

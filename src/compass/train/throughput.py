@@ -17,12 +17,12 @@ from .data import list_images, make_sampler
 from .loop import device_name, make_optimizers, optimize, resolve_data
 from .stages import make_stage
 
-VARIANTS = {
-    "eager": {},
-    "eager-nchw": {"channels_last": False},
+VARIANTS = {  # crops cut on the training device unless "host-data"; channels_last unless "-nchw"
+    "eager": {"on_device": True},
+    "eager-nchw": {"on_device": True, "channels_last": False},
     "host-data": {"on_device": False},
-    "compiled": {"compile": True},
-    "compiled-nchw": {"compile": True, "channels_last": False},
+    "compiled": {"on_device": True, "compile": True},
+    "compiled-nchw": {"on_device": True, "compile": True, "channels_last": False},
 }
 
 
@@ -93,20 +93,34 @@ def measure(recipe: dict, stage_name: str, *, device: torch.device | str | None 
     return row
 
 
-def compare(recipe: dict, stage_name: str, variants: list[str], *, log=None, **kwargs) -> list[dict]:
-    """`measure` for each variant in turn (same process, same data); a variant that fails is reported with
-    its error instead of stopping the others (a compiler that cannot handle the step, say)."""
+def compare(recipe: dict, stage_name: str, variants: list[str], *, rounds: int = 1, log=None, **kwargs) -> list[dict]:
+    """`measure` for each variant (same process, same data), `rounds` times in turn (ABCABC: a machine that
+    slows down or speeds up meanwhile touches every variant alike); each row has the median step time of its
+    rounds. A variant that fails is reported with its error instead of stopping the others (a compiler that
+    cannot handle the step, say)."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name in variants:
+            if runs[name] and "error" in runs[name][0]:
+                continue
+            try:
+                row = {"variant": name, **measure(variant_recipe(recipe, name), stage_name, **kwargs)}
+            except Exception as e:  # noqa: BLE001 - reported, and the next variant still runs
+                row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            runs[name].append(row)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     rows = []
     for name in variants:
-        try:
-            row = {"variant": name, **measure(variant_recipe(recipe, name), stage_name, **kwargs)}
-        except Exception as e:  # noqa: BLE001 - reported, and the next variant still runs
-            row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        row = dict(runs[name][0])
+        if "error" not in row:
+            times = sorted(r["s_per_step"] for r in runs[name])
+            row["s_per_step"] = times[len(times) // 2]
+            row["mpix_per_s"] = round(row["batch"] * row["crop"] ** 2 / row["s_per_step"] / 1e6, 2)
+            row["rounds"] = [r["s_per_step"] for r in runs[name]]
         if log:
             log(row)
         rows.append(row)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     return rows
 
 
@@ -117,3 +131,17 @@ def best(rows: list[dict], seconds: float | None = None) -> dict | None:
     if seconds is None:
         return max(ok, key=lambda r: r["mpix_per_s"]) if ok else None
     return max(ok, key=lambda r: r["mpix_per_s"] * max(0.0, seconds - 0.5 * r["warmup_s"])) if ok else None
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A table of `compare`'s rows: Mpixel/s and its ratio to the first variant, start-up, memory."""
+    base = next((r["mpix_per_s"] for r in rows if "error" not in r), None)
+    lines = [f"{'variant':<14} {'Mpix/s':>8} {'ratio':>6} {'s/step':>8} {'start s':>8} {'GiB':>6}  setup"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['variant']:<14} failed: {r['error']}")
+            continue
+        lines.append(f"{r['variant']:<14} {r['mpix_per_s']:>8.2f} {r['mpix_per_s'] / base:>6.2f} {r['s_per_step']:>8.4f} "
+                     f"{r['warmup_s']:>8.1f} {r.get('peak_gib', 0):>6.2f}  {r['recipe']} {r['stage']}, batch {r['batch']} "
+                     f"of {r['crop']}x{r['crop']}, {r['device']}, {r['threads']} threads")
+    return "\n".join(lines)

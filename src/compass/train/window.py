@@ -47,12 +47,16 @@ def committed(recipe_name: str, stage: str, root: Path = CHECKPOINTS) -> Path:
 
 
 def bare_stage(ck: dict, device: torch.device = torch.device("cpu")):
-    """The checkpoint's stage with its modules built and loaded (nothing read from `*_from`)."""
-    cfg = {**ck["stage_config"], "base_from": None, "residual_from": None, "liff_from": None}
+    """The checkpoint's stage with its modules built and loaded from it; a joint checkpoint without its frozen
+    base (a slim one) gets the base from its `base_from` (a path relative to the repository root)."""
+    cfg = {**ck["stage_config"], "residual_from": None, "liff_from": None}
+    if "base" in ck["modules"] or ck["stage"] != "joint":
+        cfg["base_from"] = None
     recipe = {**ck["recipe"], "train": {**ck["recipe"]["train"], "compile": False}}
     stage = make_stage(ck["stage"], recipe, cfg, device)
     for name, m in stage.modules().items():
-        m.load_state_dict(ck["modules"][name])
+        if name in ck["modules"]:
+            m.load_state_dict(ck["modules"][name])
     return stage
 
 

@@ -243,3 +243,15 @@ def test_bench_train_cli_prints_and_writes_the_variants(photos, tmp_path, capsys
     rows = json.loads(out.read_text())
     assert [r["variant"] for r in rows] == ["eager", "host-data"] and rows[1]["on_device"] is False
     assert all(len(r["rounds"]) == 2 and r["s_per_step"] in r["rounds"] for r in rows)
+
+
+def test_carried_bytes_count_the_tree_git_sees_and_the_carried_folders(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/data/\n")
+    (tmp_path / "tracked.txt").write_bytes(b"x" * 1000)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "crop.jpg").write_bytes(b"y" * 5000)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.txt"], check=True)
+    (tmp_path / "untracked.txt").write_bytes(b"z" * 300)
+    sizes = window.carried_bytes(["data"], repo=tmp_path)
+    assert (sizes["tree"], sizes["data"], sizes["total"]) == (1000 + 300 + 7, 5000, 6307)  # 7: .gitignore

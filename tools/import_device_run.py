@@ -18,20 +18,8 @@ from pathlib import Path
 
 import torch
 
-from compass.paths import data_dir
-from compass.train.data import list_images, split, validation_crops
 from compass.train.loop import LOG_FIELDS, plot_log, save_atomic
-from compass.train.stages import make_stage
-
-
-def held_out_validation(ck: dict) -> list[dict]:
-    recipe, name = ck["recipe"], ck["stage"]
-    cfg = {**ck["stage_config"], "base_from": None, "residual_from": None, "liff_from": None}
-    stage = make_stage(name, recipe, cfg, torch.device("cpu"))
-    for n, m in stage.modules().items():
-        m.load_state_dict(ck["modules"][n])
-    _, files = split(list_images(data_dir(recipe["data"]["train"])), recipe["data"]["val_count"])
-    return stage.validate(validation_crops(files, recipe["data"]["val_crop"]))
+from compass.train.window import held_out_validation
 
 
 def relabel_and_append(log: Path, ck: dict, rows: list[dict]) -> None:

@@ -39,6 +39,7 @@ from .throughput import best, compare, variant_recipe
 
 CHECKPOINTS = REPO_ROOT / "checkpoints"
 RETURN_LIMIT = 16 * 2**20  # bytes per file a device call brings back
+CARRY_LIMIT = 64 * 2**20  # bytes a device call carries: the working tree and the carried folders
 EXPORT_MARGIN_S = 25.0  # of the window, kept for the slim checkpoint and the files after training
 
 
@@ -136,6 +137,17 @@ def run(recipe_name: str, stage: str, minutes: float, data: str, out: Path, *, p
         if f.stat().st_size > RETURN_LIMIT:
             raise RuntimeError(f"{f} is {f.stat().st_size / 2**20:.1f} MiB: over what a call brings back")
     return summary
+
+
+def carried_bytes(carry: list[str], repo: Path = REPO_ROOT) -> dict:
+    """What a device call would carry: git's tracked and untracked-not-ignored files, and the `carry` folders."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    tree = sum((repo / f.decode()).stat().st_size for f in listed if f and (repo / f.decode()).is_file())
+    extra = {c: sum(f.stat().st_size for f in (repo / c).rglob("*") if f.is_file()) for c in carry}
+    return {"tree": tree, **extra, "total": tree + sum(extra.values()), "limit": CARRY_LIMIT}
 
 
 def apply_overrides(recipe: dict, overrides: tuple[str, ...]) -> dict:
@@ -256,10 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-dir", type=Path, help="the training run's folder (default runs/RECIPE/STAGE-window)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe setting, e.g. stages.base.batch=2 (a CPU dry run)")
+    c = sub.add_parser("carry", help="the bytes a device call would carry (working tree + folders), against 64 MiB")
+    c.add_argument("folders", nargs="*", default=[".gpu-data", ".whl"])
     i = sub.add_parser("import", help="validate a window's checkpoint here and make it the committed one")
     i.add_argument("out", type=Path)
     i.add_argument("--data", help="the training photo folder (default: the recipe's, under the shared data root)")
     args = ap.parse_args(argv)
+    if args.command == "carry":
+        sizes = carried_bytes(args.folders)
+        print("  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()))
+        return 0 if sizes["total"] <= sizes["limit"] else 1
     if args.command == "run":
         summary = run(args.recipe, args.stage, args.minutes, args.data, args.out, probe_seconds=args.probe_seconds,
                       variants=tuple(args.variants.split(",")), init=args.init, overrides=tuple(args.overrides),

@@ -500,3 +500,29 @@ def test_all_finite_sees_one_bad_value_anywhere(value):
         y = x.clone()
         y[at] = value
         assert not all_finite(y), at
+
+
+def test_pil_images_are_read_by_the_file_rules(tmp_path):
+    """compass.encode(PIL.Image.open(p)) sees what encode(p) sees: EXIF orientation, alpha flattened, 16-bit
+    samples (from the file while the image is not loaded yet), and the pixel limit."""
+    from compass.imageio import from_pil
+
+    v = RNG.integers(0, 65536, (6, 5, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = _noise(7, 9, 4)
+    rgba[..., 3] = np.linspace(0, 255, 9).astype(np.uint8)
+    paths = [_write(tmp_path / "rgb16.png", _png16(v, 2)),
+             _save(tmp_path, Image.fromarray(_noise(8, 12)), "r.jpg", exif=exif, quality=95),
+             _save(tmp_path, Image.fromarray(rgba), "a.png")]
+    for path in paths:
+        want = load_image(path)
+        with Image.open(path) as im, Image.open(io.BytesIO(path.read_bytes())) as from_memory:
+            for got in (from_pil(im), from_pil(from_memory)):
+                np.testing.assert_array_equal(got.pixels, want.pixels, err_msg=str(path))
+                assert got.source_mode == want.source_mode and got.warnings == want.warnings
+    with Image.open(paths[0]) as im:
+        im.load()  # loaded: Pillow kept the high bytes only, and that is what there is to read
+        assert from_pil(im).pixels.shape == (6, 5, 3)
+    with pytest.raises(ImageError, match="above the limit of 40"):
+        from_pil(Image.fromarray(_noise(8, 12)), max_pixels=40)

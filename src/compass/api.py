@@ -3,7 +3,8 @@
 >>> import compass
 >>> data = compass.encode("photo.png", layers=(0.25, 0.5, 1), quality=0.5)
 >>> small = compass.decode(data, layer=0)     # uint8 (H0, W0, 3)
->>> full = compass.decode(data)               # the top layer
+>>> full = compass.decode(data)               # the top layer, by the model the file names
+>>> thumb = compass.encode("photo.png", layers=(0.25, 1), layer_bytes=(2_000, 30_000))  # q chosen to fit
 """
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
 from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, load_image, to_pixels, to_tensor
+from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, from_pil, load_image, to_pixels, to_tensor
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
-from .weights import build_scalable, load_weights
+from .weights import build_scalable, load_weights, registered
 
 DEFAULT_LAYERS = (0.25, 0.5, 1.0)
 DEFAULT_QUALITY = 0.5
+BICUBIC = "+bicubic"  # a model name's suffix for the bicubic-predictor ablation
+FIT_STEPS = 256  # the quality grid a byte target is searched on (q = i / FIT_STEPS)
 
 
 class ImageWarning(UserWarning):
@@ -45,19 +49,25 @@ class OutOfMemory(CompassError):
     """Coding needed more memory than could be allocated (`max_pixels` bounds what a file may ask for)."""
 
 
-class Compass:
-    """A scalable codec with its weights loaded once.
+class SizeTargetError(CompassError, ValueError):
+    """A byte target cannot be met, even at quality 0."""
 
-    `model`: a registered name (default: the shipped weights) or a weights file path.
+
+class Compass:
+    """A codec with its weights loaded once: a scalable model, or a single-layer codec (files of one layer).
+
+    `model`: a registered name or a weights file path. None: the default model, and files written by another
+    installed model are decoded by that model (the file names it); a model given explicitly decodes only its own.
     `predictor`: "liff" (COMPASS) or "bicubic" (the ablation, written under its own model name).
     """
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, predictor: str = "liff", device: str | None = None,
+    def __init__(self, model: str | Path | None = None, predictor: str = "liff", device: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
-        obj, digest = load_weights(model)
+        self.explicit = model is not None
+        obj, digest = load_weights(DEFAULT_MODEL if model is None else model)
         self.model = build_scalable(obj, predictor).to(device or "cpu")
         self.device = torch.device(device or "cpu")
-        self.name = obj["name"] if predictor == "liff" else f"{obj['name']}+bicubic"
+        self.name = obj["name"] if predictor == "liff" else f"{obj['name']}{BICUBIC}"
         self.model_id = bytes.fromhex(digest)[: bitstream.MODEL_ID_BYTES]
         self.max_pixels = max_pixels
         self.info = obj.get("info", {})
@@ -79,47 +89,129 @@ class Compass:
             return plan_from_scales(height, width, scales)
         return plan_from_fractions(height, width, layers if layers is not None else DEFAULT_LAYERS)
 
+    @property
+    def single_layer(self) -> bool:
+        return self.model.max_layers == 1
+
     def encode(self, image, *, layers: Sequence[float] | None = None, sizes=None, scales=None,
                quality: float = DEFAULT_QUALITY, qualities: Sequence[float] | None = None,
-               refine: RefineConfig | int | None = None) -> bytes:
-        """Code `image` (path, binary file, LoadedImage or uint8 HxWx3 array) into one file holding every layer.
+               refine: RefineConfig | int | None = None, max_bytes: int | None = None,
+               layer_bytes: Sequence[int] | None = None) -> bytes:
+        """Code `image` (path, binary file, PIL image, LoadedImage or uint8 HxWx3 array) into one file holding
+        every layer (default: 0.25, 0.5, 1 of its size; the whole image for a single-layer codec).
 
         `refine` (a step count or a `RefineConfig`) optimizes every layer's latents for this image before coding
         (`compass.refine`): fewer bits and/or higher PSNR for about 0.5 s per step per 768x512 layer on one
         thread; any decoder reads the file.
+        Byte targets instead of qualities: `max_bytes` for the whole file (the highest quality that fits, the same
+        for every layer), or `layer_bytes` (one per layer) for the bytes up to the end of each layer, which is
+        what a reader of that layer fetches (per layer, bottom first, the highest quality that fits). Both search
+        q on a grid of 1/256; a target that q = 0 does not meet raises SizeTargetError.
         """
         if isinstance(refine, int):
             refine = RefineConfig(steps=refine)
+        if sum(a is not None for a in (qualities, max_bytes, layer_bytes)) > 1:
+            raise ValueError("give only one of qualities, max_bytes, layer_bytes")
         pixels = _pixels(image, self.max_pixels)
+        if layers is None and sizes is None and scales is None and self.single_layer:
+            layers = (1.0,)
         plan = self.plan(pixels.shape[0], pixels.shape[1], layers, sizes, scales)
         if len(plan) > bitstream.MAX_LAYERS:
             raise ValueError(f"at most {bitstream.MAX_LAYERS} layers, got {len(plan)}")
-        qs = list(qualities) if qualities is not None else [quality] * len(plan)
-        if len(qs) != len(plan):
-            raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
-        qs = [bitstream.quantize_quality(q) for q in qs]
+        if self.single_layer and len(plan) > 1:
+            raise ValueError(f"{self.name} is a single-layer codec: it codes one layer (layers=[1]), not {len(plan)}")
         x = to_tensor(pixels).to(self.device)
         with _memory_error(f"not enough memory to encode {pixels.shape[1]}x{pixels.shape[0]} in {len(plan)} layers"):
-            codes, _ = self.model.compress(pyramid(x, plan), qs, reconstruct_top=False, refine=refine)
-        header = bitstream.Header(self.name, self.model_id,
-                                  tuple(bitstream.LayerInfo(h, w, q) for (h, w), q in zip(plan, qs)))
+            targets = pyramid(x, plan)
+            if max_bytes is not None or layer_bytes is not None:
+                qs, codes = self._fit(targets, plan, max_bytes, layer_bytes, refine)
+            else:
+                qs = list(qualities) if qualities is not None else [quality] * len(plan)
+                if len(qs) != len(plan):
+                    raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
+                qs = [bitstream.quantize_quality(q) for q in qs]
+                codes, _ = self.model.compress(targets, qs, reconstruct_top=False, refine=refine)
+        header = self._header(plan, qs)
         chunks = [bitstream.Chunk(tuple(c.strings), c.check) for c in codes]
         return bitstream.write(header, chunks, self.max_pixels)
 
+    def _header(self, plan: list[tuple[int, int]], qs: Sequence[float]) -> bitstream.Header:
+        return bitstream.Header(self.name, self.model_id,
+                                tuple(bitstream.LayerInfo(h, w, q) for (h, w), q in zip(plan, qs)))
+
+    def _fit(self, targets: list[torch.Tensor], plan, max_bytes: int | None, layer_bytes: Sequence[int] | None,
+             refine: RefineConfig | None) -> tuple[list[float], list]:
+        """Qualities (and the codes they give) that meet a byte target; see `encode`."""
+        header_bytes = bitstream.header_bytes(self._header(plan, [0.0] * len(plan)))
+        grid = [bitstream.quantize_quality(i / FIT_STEPS) for i in range(FIT_STEPS + 1)]  # as the header stores q
+
+        def highest(size_at, cap: int, what: str):
+            """The highest grid q whose size fits `cap` (bisection: size grows with q), with what it coded."""
+            lo, hi = 0, len(grid) - 1
+            best = size_at(grid[0])
+            if best[0] > cap:
+                raise SizeTargetError(f"{what} needs {best[0]} bytes even at quality 0, more than the {cap} allowed")
+            best = (0, best)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                got = size_at(grid[mid])
+                if got[0] <= cap:
+                    lo, best = mid, (mid, got)
+                else:
+                    hi = mid - 1
+            return grid[best[0]], best[1][1]
+
+        if max_bytes is not None:
+            def whole(q):
+                codes, _ = self.model.compress(targets, [q] * len(plan), reconstruct_top=False, refine=refine)
+                return header_bytes + sum(bitstream.chunk_bytes(c.strings) for c in codes), codes
+
+            q, codes = highest(whole, int(max_bytes), "the file")
+            return [q] * len(plan), codes
+        caps = [int(b) for b in layer_bytes]
+        if len(caps) != len(plan):
+            raise ValueError(f"{len(caps)} byte targets for {len(plan)} layers")
+        qs, codes, x_prev, used = [], [], None, header_bytes
+        for k, (target, cap) in enumerate(zip(targets, caps)):
+            def layer(q, k=k, target=target):
+                code, _ = self.model.code_layer(target, q, x_prev, False, refine)
+                return used + bitstream.chunk_bytes(code.strings), code
+
+            q, code = highest(layer, cap, f"layer {k}")
+            if k < len(plan) - 1:  # the next prediction needs this layer as the decoder will have it
+                _, x_prev = self.model.code_layer(target, q, x_prev, True, refine)
+            qs.append(q)
+            codes.append(code)
+            used += bitstream.chunk_bytes(code.strings)
+        return qs, codes
+
     def read_header(self, data) -> tuple[bitstream.Header, int]:
-        """Parse the header and refuse files written by other weights."""
+        """Parse the header; refuse a file that this model did not write and that no other can decode here (see
+        `codec_for`)."""
         header, offset = bitstream.read_header(data, self.max_pixels)
-        if header.model_name != self.name or header.model_id != self.model_id:
+        self.codec_for(header)
+        return header, offset
+
+    def codec_for(self, header: bitstream.Header) -> Compass:
+        """The codec that decodes a file with this header: this one when it wrote the file; else, unless this
+        model was given explicitly, the installed model the file names (`model_for`)."""
+        if header.model_name == self.name and header.model_id == self.model_id:
+            return self
+        if self.explicit:
             raise ModelMismatch(f"file was written by model {header.model_name!r} (id {header.model_id.hex()}), "
                                 f"but {self.name!r} (id {self.model_id.hex()}) is loaded")
-        return header, offset
+        return model_for(header)
 
     def layers(self, data, upto: int = -1) -> Iterator[np.ndarray]:
         """Decode layers 0..upto in order, yielding each as uint8 HxWx3; reads no chunk above `upto`.
 
         A damaged layer raises when it is reached, after every layer below it was yielded.
         """
-        header, offset = self.read_header(data)
+        header, offset = bitstream.read_header(data, self.max_pixels)
+        codec = self.codec_for(header)
+        if codec is not self:
+            yield from codec.layers(data, upto)
+            return
         k = _layer_index(upto, len(header.layers))
         sizes = [(l.height, l.width) for l in header.layers]
         qs = [l.quality for l in header.layers]
@@ -182,9 +274,12 @@ def _layer_index(layer: int, count: int) -> int:
 
 
 def _pixels(image, max_pixels: int) -> np.ndarray:
-    """uint8 (H, W, 3) from a path, a binary file, a LoadedImage or an array; conversion warnings are emitted."""
+    """uint8 (H, W, 3) from a path, a binary file, a PIL image, a LoadedImage or an array; conversion warnings
+    are emitted."""
     if isinstance(image, (str, Path)) or hasattr(image, "read"):
         image = load_image(image, max_pixels=max_pixels)
+    elif isinstance(image, PILImage.Image):
+        image = from_pil(image, max_pixels=max_pixels)
     if isinstance(image, LoadedImage):
         for message in image.warnings:
             warnings.warn(message, ImageWarning, stacklevel=3)
@@ -195,22 +290,44 @@ def _pixels(image, max_pixels: int) -> np.ndarray:
         if image.shape[0] * image.shape[1] > max_pixels:
             raise ValueError(f"image has {image.shape[0] * image.shape[1]} pixels, above the limit {max_pixels}")
         return image
-    raise TypeError(f"cannot encode a {type(image).__name__}: pass a path, a binary file or a uint8 array")
+    raise TypeError(f"cannot encode a {type(image).__name__}: pass a path, a binary file, a PIL image or a uint8 "
+                    "array")
 
 
-@functools.lru_cache(maxsize=2)
-def _default(model: str) -> Compass:
-    return Compass(model)
+@functools.lru_cache(maxsize=4)
+def _default(model: str, predictor: str = "liff") -> Compass:
+    return Compass(model, predictor)
 
 
-def encode(image, layers: Sequence[float] | None = DEFAULT_LAYERS, quality: float = DEFAULT_QUALITY,
-           model: str = DEFAULT_MODEL, **kwargs) -> bytes:
-    """Encode with the shipped model (loaded once per process). See `Compass.encode` for the options."""
-    if "sizes" in kwargs or "scales" in kwargs:
-        layers = None
-    return _default(str(model)).encode(image, layers=layers, quality=quality, **kwargs)
+def model_for(data_or_header) -> Compass:
+    """The installed model that wrote a file (its bytes, or its parsed header), loaded once per process: the
+    header names it (shipped name and the first bytes of its weights' sha256). Raises ModelMismatch when that
+    model is not installed, or when the installed one of that name has other weights."""
+    header = data_or_header
+    if not isinstance(header, bitstream.Header):
+        header = bitstream.read_header(data_or_header)[0]
+    name = header.model_name
+    base, predictor = (name[: -len(BICUBIC)], "bicubic") if name.endswith(BICUBIC) else (name, "liff")
+    if base not in registered():
+        raise ModelMismatch(f"file was written by model {name!r}, which is not installed here; pass its weights file "
+                            "(model=PATH, or --weights PATH)")
+    codec = _default(base, predictor)
+    if codec.model_id != header.model_id:
+        raise ModelMismatch(f"file was written by model {name!r} with id {header.model_id.hex()}, but the installed "
+                            f"{name!r} has id {codec.model_id.hex()} (other weights under that name); pass the weights "
+                            "that wrote it")
+    return codec
 
 
-def decode(data, layer: int = -1, model: str = DEFAULT_MODEL) -> np.ndarray:
-    """Decode one layer (default: the top one) of a compass file's bytes."""
-    return _default(str(model)).decode(data, layer)
+def encode(image, layers: Sequence[float] | None = None, quality: float = DEFAULT_QUALITY,
+           model: str | None = None, **kwargs) -> bytes:
+    """Encode with a shipped model (default: the default model; loaded once per process). See
+    `Compass.encode` for the options."""
+    return _default(str(model or DEFAULT_MODEL)).encode(image, layers=layers, quality=quality, **kwargs)
+
+
+def decode(data, layer: int = -1, model: str | None = None) -> np.ndarray:
+    """Decode one layer (default: the top one) of a compass file's bytes, by the model the file names (or by
+    `model`, which must be the one that wrote it)."""
+    codec = model_for(data) if model is None else _default(str(model))
+    return codec.decode(data, layer)

@@ -191,6 +191,16 @@ def _pack_chunk(chunk: Chunk, layer: int) -> bytes:
     return _FRAME.pack(size, zlib.crc32(payload)) + payload
 
 
+def header_bytes(header: Header) -> int:
+    """Bytes of the header (fixed by the model name and the number of layers)."""
+    return len(_pack_header(header))
+
+
+def chunk_bytes(strings) -> int:
+    """Bytes of the chunk that holds `strings` (framing included): what a layer adds to the file."""
+    return _FRAME.size + _PAYLOAD_HEAD.size + sum(4 + len(s) for s in strings)
+
+
 def write(header: Header, chunks, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """The file for `header` and one `Chunk` per layer, base first.
 

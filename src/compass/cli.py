@@ -60,10 +60,27 @@ def _scales(text: str) -> list[float | tuple[float, float]]:
     return out
 
 
-def _codec(args):
-    from .api import Compass
+def _byte_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a byte count, not {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"a byte count must be positive, not {n}")
+    return n
 
-    return Compass(args.model, predictor=args.predictor)
+
+def _byte_counts(text: str) -> list[int]:
+    return [_byte_count(t) for t in text.split(",")]
+
+
+def _codec(args, data: bytes | None = None):
+    """The model of --model/--predictor; without them, for decoding `data`, the installed model it names."""
+    from .api import Compass, model_for
+
+    if data is not None and args.model is None and args.predictor is None:
+        return model_for(data)
+    return Compass(args.model or DEFAULT_MODEL, predictor=args.predictor or "liff")
 
 
 def _print_layers(meta: dict) -> None:
@@ -85,7 +102,8 @@ def _encode(args) -> int:
     for message in image.warnings:
         print(f"compass encode: warning: {message}", file=sys.stderr)
     data = _codec(args).encode(image.pixels, layers=args.layers, sizes=args.sizes, scales=args.scales,
-                               quality=args.quality, qualities=args.qualities, refine=args.refine)
+                               quality=args.quality, qualities=args.qualities, refine=args.refine,
+                               max_bytes=args.max_bytes, layer_bytes=args.layer_bytes)
     atomic_write_bytes(args.output, data)
     if not args.quiet:
         _print_layers(bitstream.info(data))
@@ -98,7 +116,7 @@ def _decode(args) -> int:
     if same_file(args.input, args.output):
         raise CompassError(f"output {args.output} is the input file; choose another path")
     data = _read(args.input)
-    codec = _codec(args)
+    codec = _codec(args, data)
     if not args.all:
         save_image(codec.decode(data, args.layer), args.output)
         return 0
@@ -255,26 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(sp):
-        sp.add_argument("--model", "--weights", dest="model", default=DEFAULT_MODEL,
-                        help=f"registered model name or weights file (default: the shipped {DEFAULT_MODEL})")
-        sp.add_argument("--predictor", choices=["liff", "bicubic"], default="liff",
-                        help="inter-layer predictor (bicubic: the ablation)")
+    def model_args(sp, default: str):
+        sp.add_argument("--model", "--weights", dest="model",
+                        help=f"registered model name or weights file, scalable or single-layer (default: {default})")
+        sp.add_argument("--predictor", choices=["liff", "bicubic"],
+                        help="inter-layer predictor (bicubic: the ablation; default liff, or what the file names)")
         sp.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("encode", help="encode an image into one file holding several resolutions")
     e.add_argument("input")
     e.add_argument("output")
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--layers", type=_floats, help="fractions of the input size, e.g. 0.25,0.5,1 (default)")
+    g.add_argument("--layers", type=_floats, help="fractions of the input size, e.g. 0.25,0.5,1 (default; 1 for a "
+                                                  "single-layer model)")
     g.add_argument("--sizes", type=_sizes, help="layer sizes WIDTHxHEIGHT, the last one the input's")
     g.add_argument("--scales", type=_scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
     e.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
-    e.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
+    t = e.add_mutually_exclusive_group()
+    t.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
+    t.add_argument("--max-bytes", type=_byte_count, metavar="N",
+                   help="the highest q (the same for every layer) that keeps the file within N bytes")
+    t.add_argument("--layer-bytes", type=_byte_counts, metavar="B0,B1,...",
+                   help="per layer, bottom first, the highest q that keeps the bytes up to that layer within Bk")
     e.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
                    help="optimize each layer's latents for this image for STEPS steps before coding (slower "
                         "encode, smaller file or better image, same decoder; 100 is a good value; default 0: off)")
-    model_args(e)
+    model_args(e, DEFAULT_MODEL)
     e.set_defaults(func=_encode)
 
     d = sub.add_parser("decode", help="decode one layer (default: the top one) or all layers to PNG")
@@ -282,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output image (--all writes NAME_L0.png, NAME_L1.png...)")
     d.add_argument("--layer", type=int, default=-1, help="layer index; negative counts from the top")
     d.add_argument("--all", action="store_true", help="decode every layer")
-    model_args(d)
+    model_args(d, "the model the file names")
     d.set_defaults(func=_decode)
 
     i = sub.add_parser("info", help="layers, sizes, bytes and bpp of a compass file")

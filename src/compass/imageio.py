@@ -56,7 +56,7 @@ from PIL import Image, ImageFile
 from .errors import CompassError
 from .fileutil import atomic_write, atomic_write_bytes, same_file
 
-__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageError", "LoadedImage", "load_image", "save_image", "to_tensor",
+__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageError", "LoadedImage", "from_pil", "load_image", "save_image", "to_tensor",
            "to_pixels", "atomic_write_bytes", "same_file"]  # the last two are fileutil's, here for the CLI
 
 DEFAULT_MAX_PIXELS = 2**26
@@ -117,19 +117,41 @@ def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_M
         if not fp.read(1):
             raise ImageError(f"{name}: empty file")
         notes: list[str] = []
-        try:
-            with _strict_pillow(notes):
-                pixels, mode, fmt = _decode(fp, name, max_pixels, notes)
-        except (ImageError, MemoryError):
-            raise
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{name}: not a {'/'.join(FORMATS)} image, or its header is damaged") from None
-        except Image.DecompressionBombError:
-            limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-            raise ImageError(f"{name}: more than {limit} pixels, above the limit of {min(limit, max_pixels)}") from None
-        except Exception as e:  # Pillow's decoders report damage with many exception types
-            raise ImageError(f"{name}: damaged or truncated image data ({_one_line(e)})") from e
+        with _reading(name, max_pixels, notes):
+            fp.seek(0)
+            with Image.open(fp, formats=FORMATS) as im:
+                pixels, mode = _convert(im, fp, name, max_pixels, notes)
+                fmt = im.format
     return LoadedImage(pixels, notes, mode, fmt)
+
+
+def from_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """A PIL image by the rules files are read by (orientation, alpha, 16-bit, limits). One still tied to its
+    file (opened, not yet loaded) gives its 16-bit samples as a file would; a loaded one has what Pillow kept."""
+    filename, unloaded = getattr(image, "filename", ""), bool(getattr(image, "tile", None))
+    if unloaded and filename:  # opened from a path and not loaded yet: what it holds is that file
+        return load_image(filename, max_pixels)
+    name, notes = filename or "<PIL image>", []
+    with _reading(name, max_pixels, notes):
+        pixels, mode = _convert(image, getattr(image, "fp", None) if unloaded else None, name, max_pixels, notes)
+    return LoadedImage(pixels, notes, mode, image.format or "PIL")
+
+
+@contextlib.contextmanager
+def _reading(name: str, max_pixels: int, notes: list[str]):
+    """Pillow strict and quiet (`_strict_pillow`), and its many exception types as one-line ImageErrors."""
+    try:
+        with _strict_pillow(notes):
+            yield
+    except (ImageError, MemoryError):
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a {'/'.join(FORMATS)} image, or its header is damaged") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(f"{name}: more than {limit} pixels, above the limit of {min(limit, max_pixels)}") from None
+    except Exception as e:  # Pillow's decoders report damage with many exception types
+        raise ImageError(f"{name}: damaged or truncated image data ({_one_line(e)})") from e
 
 
 def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
@@ -218,30 +240,29 @@ def _strict_pillow(notes: list[str]):
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _decode(fp: BinaryIO, name: str, max_pixels: int, notes: list[str]) -> tuple[np.ndarray, str, str]:
-    fp.seek(0)
-    with Image.open(fp, formats=FORMATS) as im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageError(f"{name}: {width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
-        if getattr(im, "is_animated", False):
-            notes.append("several frames (animation or pages); only the first is read")
-            im.seek(0)
-        fmt, mode = im.format, im.mode
-        wide = _samples16(im, fp)
-        if wide is not None:
-            mode = {2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[wide.shape[2]]
-            rgb = _flatten(_to8(wide, im.info.get("transparency")), notes)
-        else:
-            im.load()
-            rgb = _flatten(_samples8(im, name, notes), notes)
-        orientation = _orientation(im, notes)
-        icc = im.info.get("icc_profile")
+def _convert(im: Image.Image, fp: BinaryIO | None, name: str, max_pixels: int, notes: list[str]) -> tuple[np.ndarray, str]:
+    """RGB uint8 pixels and the source mode of an opened image; `fp`, its file, lets 16-bit samples be read."""
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
+    if getattr(im, "is_animated", False):
+        notes.append("several frames (animation or pages); only the first is read")
+        im.seek(0)
+    mode = im.mode
+    wide = _samples16(im, fp) if fp is not None else None
+    if wide is not None:
+        mode = {2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[wide.shape[2]]
+        rgb = _flatten(_to8(wide, im.info.get("transparency")), notes)
+    else:
+        im.load()
+        rgb = _flatten(_samples8(im, name, notes), notes)
+    orientation = _orientation(im, notes)
+    icc = im.info.get("icc_profile")
     if icc:
         _note_profile(icc, notes)
     if orientation in _ORIENT:
         rgb = np.ascontiguousarray(_ORIENT[orientation](rgb))
-    return rgb, mode, fmt
+    return rgb, mode
 
 
 def _samples16(im: Image.Image, fp: BinaryIO) -> np.ndarray | None:

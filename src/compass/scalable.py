@@ -27,15 +27,21 @@ class LayerCode:
 
 
 class ScalableCodec(nn.Module):
-    """COMPASS. `liff=None` gives the ablation that predicts with bicubic upsampling instead."""
+    """COMPASS. `liff=None` gives the ablation that predicts with bicubic upsampling instead; `residual=None`
+    the single-layer codec, which codes layer 0 only (the same files as a scalable model's base layer)."""
 
-    def __init__(self, base: MeanScaleHyperprior, residual: MeanScaleHyperprior, liff: LIFF | None,
+    def __init__(self, base: MeanScaleHyperprior, residual: MeanScaleHyperprior | None, liff: LIFF | None,
                  chunk: int = 1 << 16):
         super().__init__()
         self.base = base
         self.residual = residual
         self.liff = liff
         self.chunk = chunk
+
+    @property
+    def max_layers(self) -> int | None:
+        """1 for the single-layer codec; None: no limit of its own."""
+        return 1 if self.residual is None else None
 
     def predict(self, x_prev: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Prediction of the next layer at `size` from the previous reconstruction."""
@@ -73,14 +79,27 @@ class ScalableCodec(nn.Module):
         if len(layers) != len(qualities):
             raise ValueError("one quality per layer")
         top = len(layers) - 1
-        out = self.base.compress(layers[0], qualities[0], reconstruct_top or top > 0, refine)
-        codes, recons = [LayerCode(out["strings"], out["check"])], [out["x_hat"]]
-        for k, (target, q) in enumerate(zip(layers[1:], qualities[1:]), 1):
-            pred = self.predict(recons[-1], tuple(target.shape[-2:]))
-            out = self.residual.compress(target - pred, q, reconstruct_top or k < top, refine)
-            codes.append(LayerCode(out["strings"], out["check"]))
-            recons.append(None if out["x_hat"] is None else pred.add_(out["x_hat"]))  # pred is fresh and done
+        codes, recons = [], []
+        for k, (target, q) in enumerate(zip(layers, qualities)):
+            code, x = self.code_layer(target, q, recons[-1] if k else None, reconstruct_top or k < top, refine)
+            codes.append(code)
+            recons.append(x)
         return codes, recons
+
+    @torch.no_grad()
+    def code_layer(self, target: torch.Tensor, q: float, x_prev: torch.Tensor | None, reconstruct: bool = True,
+                   refine: RefineConfig | None = None) -> tuple[LayerCode, torch.Tensor | None]:
+        """Code one layer: the base layer when `x_prev` is None, else the residual to the prediction from
+        `x_prev` (the reconstruction of the layer below). Returns its code and reconstruction (None when not
+        `reconstruct`). What `compress` does per layer, callable alone to try qualities for one layer."""
+        if x_prev is None:
+            out = self.base.compress(target, q, reconstruct, refine)
+            return LayerCode(out["strings"], out["check"]), out["x_hat"]
+        if self.residual is None:
+            raise ValueError("a single-layer codec codes one layer only")
+        pred = self.predict(x_prev, tuple(target.shape[-2:]))
+        out = self.residual.compress(target - pred, q, reconstruct, refine)
+        return LayerCode(out["strings"], out["check"]), None if out["x_hat"] is None else pred.add_(out["x_hat"])
 
     @torch.no_grad()
     def decompress_iter(self, codes: list[LayerCode], sizes: list[tuple[int, int]], qualities: list[float]):
@@ -98,4 +117,5 @@ class ScalableCodec(nn.Module):
 
     def update(self) -> None:
         self.base.update()
-        self.residual.update()
+        if self.residual is not None:
+            self.residual.update()

@@ -175,9 +175,12 @@ def build_codec(obj: dict, module: str = "base") -> MeanScaleHyperprior:
 
 
 def build_scalable(obj: dict, predictor: str = "liff") -> ScalableCodec:
-    """The scalable model of a weights object; predictor "bicubic" swaps LIFF for bicubic (the ablation)."""
+    """The model of a weights object, as a ScalableCodec: a scalable model (predictor "bicubic" swaps LIFF for
+    bicubic, the ablation), or a single-layer codec (no residual codec: it codes one layer)."""
     if "liff" not in obj["state"]:
-        raise WeightsError(f"weights {obj.get('name')!r} hold a single-layer codec, not a scalable model")
+        if predictor != "liff":
+            raise ValueError(f"weights {obj.get('name')!r} hold a single-layer codec: it has no predictor to swap")
+        return ScalableCodec(build_codec(obj, "base"), None, None).eval()
     liff = None
     if predictor == "liff":
         liff = LIFF(LiffConfig.from_dict(obj["config"]["liff"]))

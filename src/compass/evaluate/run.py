@@ -55,7 +55,7 @@ from ..fileutil import atomic_write_bytes
 from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir, portable
 from ..resample import plan_from_scales, resize
-from ..weights import WeightsError, build_codec, load_weights
+from ..weights import WeightsError, load_weights
 from .baselines import BASELINES, HEVC_ENC_PARAMS, jpeg2000_levels, jpeg2000_lowpass
 from .bdrate import BDWarning, bd_problem, bd_psnr, bd_rate
 from .metrics import ms_ssim, ms_ssim_scales, psnr, to_float
@@ -175,15 +175,6 @@ def _layer(ref: np.ndarray, decoded: np.ndarray, num_bytes: int, noheader: int, 
 # Each returns (record, decoded images): the record is cached, the images only serve the visual comparison.
 
 
-class _Single:
-    """The single-layer codec with the name and id its 1-layer files carry."""
-
-    def __init__(self, obj: dict, digest: str):
-        self.codec = build_codec(obj, "base")
-        self.name = obj["name"]
-        self.model_id = bytes.fromhex(digest)[:bitstream.MODEL_ID_BYTES]
-
-
 def _scalable_job(codec: Compass, image: EvalImage, plan, q: float):
     data = codec.encode(image.pixels, sizes=plan, quality=q)
     meta = bitstream.info(data)
@@ -193,18 +184,11 @@ def _scalable_job(codec: Compass, image: EvalImage, plan, q: float):
     return {"layers": layers, "header_bytes": meta["header_bytes"]}, decoded
 
 
-def _neural_layer_job(single: _Single, image: EvalImage, size, q: float):
-    """Code one layer as a real 1-layer compass file, then decode it from the bytes read back."""
-    q = bitstream.quantize_quality(q)
+def _neural_layer_job(single: Compass, image: EvalImage, size, q: float):
+    """Code one layer as a real 1-layer compass file, then decode it from the bytes."""
     target = image.target(size)
-    out = single.codec.compress(to_tensor(target), q)
-    header = bitstream.Header(single.name, single.model_id, (bitstream.LayerInfo(size[0], size[1], q),))
-    data = bitstream.write(header, [bitstream.Chunk(tuple(out["strings"]), out["check"])])
-    _, chunks = bitstream.read(data)
-    dec = single.codec.decompress(list(chunks[0].strings), tuple(size), q)
-    if dec["check"] != chunks[0].check:
-        raise CompassError(f"{image.name}: single-layer decode of {size} differs from the encoder's symbols")
-    img = to_pixels(dec["x_hat"])
+    data = single.encode(target, layers=(1.0,), quality=q)
+    img = single.decode(data)
     header_bytes = bitstream.info(data)["header_bytes"]
     return {"layers": [_layer(target, img, len(data), len(data) - header_bytes)]}, [img]
 
@@ -305,7 +289,7 @@ class _Context:
         self.single = None
         if any(m.codec == "neural" for m in methods):
             obj, digest = _load(single, "single-layer")
-            self.single = _Single(obj, digest)
+            self.single = Compass(single)
             self.models["single"] = _describe(obj, single, digest)
         versions = {"format": CACHE_FORMAT, "torch": torch.__version__}
         self.keys = {"compass": dict(versions, model=self.models["compass"]["sha256"]),

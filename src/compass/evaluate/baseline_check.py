@@ -1,4 +1,4 @@
-"""Check the baseline pipelines against docs/baselines.md's reference numbers on Kodak; prints a markdown report.
+"""Check the baseline pipelines on Kodak against ../shared/docs/baselines.md's numbers; prints a markdown report.
 
     python -m compass.evaluate.baseline_check [--images N] [--psy-check]
 

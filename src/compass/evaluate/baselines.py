@@ -3,7 +3,7 @@
 Each codec is a function (uint8 HxWx3 RGB image, rate parameter) -> `Coded`: the decoded uint8 image, the bytes
 counted as its rate (which bytes, per codec, is stated in its docstring and in `Coded.info["counted"]`), and
 extra facts in `info`. `BASELINES` lists them with rate sweeps that span about 0.1-1.5 bpp on Kodak.
-See docs/baselines.md for why the settings are what they are.
+See ../shared/docs/baselines.md (the shared data's docs) for why the settings are what they are.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def jpeg(image: np.ndarray, quality: int) -> Coded:
     """Baseline JPEG through Pillow (libjpeg), 4:2:0 chroma, optimised Huffman tables; counts the whole JFIF file.
 
     Optimised tables (still baseline sequential JPEG) add 1.6 / 0.6 / 0.2 dB at 0.25 / 0.5 / 1 bpp to Kodak's
-    mean curve over libjpeg's standard tables; with them the curve matches docs/baselines.md's JPEG reference.
+    mean curve over libjpeg's standard tables; with them it matches ../shared/docs/baselines.md's JPEG reference.
     """
     image = _check_image(image)
     buf = io.BytesIO()

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..fileutil import atomic_write_bytes
 from .plots import rd_plot, visual_plot
 
-# The paper's BD-rates of COMPASS on Kodak (ICCV 2023, Table 1; docs/method.md), columns as in CONFIGS.
+# The paper's BD-rates of COMPASS on Kodak (ICCV 2023, Table 1; ../shared/docs/method.md), columns as in CONFIGS.
 PAPER_CONFIGS = ("2L-1.2x", "2L-1.6x", "2L-2.0x", "2L-2.4x", "2L-2.8x",
                  "3L-2.4x", "3L-2.8x", "3L-3.2x", "3L-3.6x", "3L-4.0x")
 PAPER_BD = {

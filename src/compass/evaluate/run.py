@@ -99,7 +99,8 @@ class Method:
 
 METHODS = {m.name: m for m in (
     Method("compass", "COMPASS", "compass", "scalable"),
-    Method("ablation", "COMPASS, bicubic predictor (ablation)", "compass", "scalable"),
+    Method("ablation", "COMPASS with LIFF swapped for bicubic, residual codec kept (not the paper's ablation)",
+           "compass", "scalable"),
     Method("simulcast", "Simulcast (single-layer codec)", "neural", "simulcast"),
     Method("single", "Single-layer (single-layer codec)", "neural", "single"),
     Method("jpeg2000", "JPEG 2000, own resolution scalability", "jpeg2000", "levels"),

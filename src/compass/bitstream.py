@@ -17,6 +17,7 @@ from typing import BinaryIO
 from .errors import CompassError
 
 MAGIC = b"\x89CMP"
+SUFFIX = ".cmp"  # the file name suffix compass files go by (encode-dir writes it, serve looks for it)
 VERSION = 1
 MAX_LAYERS = 16
 DEFAULT_MAX_PIXELS = 1 << 28

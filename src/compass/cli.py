@@ -227,6 +227,28 @@ def _bench_train(args) -> int:
     return 0 if any("error" not in r for r in rows) else 1
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths in pixels, e.g. 480,960, got {text!r}")
+    return widths
+
+
+def _encode_dir(args) -> int:
+    from tqdm import tqdm
+
+    from .encodedir import encode_dir
+
+    done = encode_dir(args.src, args.dst, layers=args.layers, widths=args.sizes, quality=args.quality,
+                      model=args.model, jobs=args.jobs, force=args.force, progress=not args.quiet,
+                      report=lambda message: tqdm.write(f"compass encode-dir: {message}", file=sys.stderr))
+    print(f"{len(done.encoded)} encoded, {len(done.skipped)} up to date, {len(done.failed)} failed")
+    return 2 if done.failed else 0
+
+
 def _size_or_none(text: str) -> tuple[int, int] | None:
     """'3840x2160' (width x height) -> (2160, 3840); 'none' -> None."""
     if text.lower() == "none":
@@ -319,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--memory-mb", type=int, default=2048, help="address space a case may add (MiB)")
     z.add_argument("--only", type=int, nargs="+", metavar="CASE", help="run only these cases, with details")
     z.set_defaults(func=_fuzz)
+
+    n = sub.add_parser("encode-dir", help="encode a folder of images for `compass serve` (skips what is up to date)")
+    n.add_argument("src")
+    n.add_argument("dst")
+    g = n.add_mutually_exclusive_group()
+    g.add_argument("--layers", type=_floats, help="fractions of each image's size, e.g. 0.25,0.5,1 (default)")
+    g.add_argument("--sizes", type=_widths, help="layer widths in pixels, e.g. 480,960,1920; heights follow the "
+                                                 "aspect ratio, the image itself is the top layer")
+    n.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    n.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL}; "
+                                                          "compass-cpu-mini decodes fastest)")
+    n.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    n.add_argument("--force", action="store_true", help="encode again what is up to date")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=_encode_dir)
 
     v = sub.add_parser("eval", help="rate-distortion evaluation against the baselines: BD-rate table, plots")
     v.add_argument("--data", help="folder of test images (default: Kodak under the shared data root)")

@@ -132,6 +132,11 @@ def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_M
     return LoadedImage(pixels, notes, mode, fmt)
 
 
+def suffixes() -> set[str]:
+    """File name suffixes of the formats `load_image` reads, as Pillow registers them (.png, .jpg, .tif, ...)."""
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
+
+
 def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """Write uint8 (H, W, 3) RGB losslessly in the format of the extension, atomically."""
     _check_pixels(pixels)

@@ -7,9 +7,14 @@ constructions with a known property (calibrated scales, constant z). Everything 
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -170,3 +175,57 @@ def tiny_single_weights_file(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_single_weights(tmp_path_factory) -> Path:
     return tiny_single_weights_file(tmp_path_factory.mktemp("weights") / "tiny-single.pt")
+
+
+@dataclass
+class Server:
+    """A `compass serve` process on 127.0.0.1:`port`, its output in `log`."""
+
+    port: int
+    log: Path
+
+    def get(self, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+        """(status, lower-cased headers, body) of one request sent as given (no normalization of `path`)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def compass_server(folder: Path, cache: Path, *args: str, timeout: float = 120):
+    """Run `compass serve folder` (extra `args`) until the block ends; the process is stopped, killed if need be."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache.mkdir(parents=True, exist_ok=True)
+    log = cache / "server.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "compass", "serve", str(folder), "--port", str(port),
+                                 "--cache-dir", str(cache / "layers"), *args], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=REPO, env=env)
+    server = Server(port, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"compass serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if server.get("/")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"compass serve did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+

@@ -249,6 +249,20 @@ def _encode_dir(args) -> int:
     return 2 if done.failed else 0
 
 
+def _serve(args) -> int:
+    try:
+        from .serve.app import run
+    except ImportError as e:
+        raise CompassError(f"compass serve needs the serve extra: pip install 'compass-codec[serve]' ({e})") from None
+    from .serve.config import ServeConfig
+
+    given = {"workers": args.workers, "cache_dir": args.cache_dir and Path(args.cache_dir),
+             "cache_bytes": None if args.cache_mb is None else round(args.cache_mb * 2**20)}
+    config = ServeConfig(**{k: v for k, v in given.items() if v is not None})
+    run(args.dir, host=args.host, port=args.port, config=config, log_level=args.log_level)
+    return 0
+
+
 def _size_or_none(text: str) -> tuple[int, int] | None:
     """'3840x2160' (width x height) -> (2160, 3840); 'none' -> None."""
     if text.lower() == "none":
@@ -356,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--force", action="store_true", help="encode again what is up to date")
     n.add_argument("--quiet", action="store_true", help="no progress bar")
     n.set_defaults(func=_encode_dir)
+
+    s = sub.add_parser("serve", help="serve a folder of compass files over HTTP, each width from a prefix of "
+                                     "its file (docs/serving.md)")
+    s.add_argument("dir")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 4)")
+    s.add_argument("--cache-dir", help="cache of decoded layers (default ~/.cache/compass/serve)")
+    s.add_argument("--cache-mb", type=float, help="size cap of that cache in MiB, 0 to turn it off (default 256)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=_serve)
 
     v = sub.add_parser("eval", help="rate-distortion evaluation against the baselines: BD-rate table, plots")
     v.add_argument("--data", help="folder of test images (default: Kodak under the shared data root)")

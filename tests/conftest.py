@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,36 +194,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def compass_server(folder: Path, cache: Path, *args: str, timeout: float = 120):
-    """Run `compass serve folder` (extra `args`) until the block ends; the process is stopped, killed if need be."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cache.mkdir(parents=True, exist_ok=True)
-    log = cache / "server.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "compass", "serve", str(folder), "--port", str(port),
-                                 "--cache-dir", str(cache / "layers"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO, env=env)
-    server = Server(port, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"compass serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                if server.get("/")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"compass serve did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def compass_server(folder: Path, cache: Path, *args: str):
+    """Run `compass serve folder` (extra `args`, its cache and log under `cache`) until the block ends."""
+    from compass.serve.process import free_port, serving
 
+    cache.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "compass", "serve", str(folder), "--port", str(port), "--cache-dir",
+               str(cache / "layers"), *args]
+    with serving(command, port, cache / "server.log", cwd=REPO):
+        yield Server(port, cache / "server.log")

@@ -17,9 +17,7 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,7 @@ from compass.evaluate.run import list_images
 from compass.imageio import load_image, save_image, to_pixels, to_tensor
 from compass.paths import data_dir
 from compass.resample import plan_from_fractions, pyramid
+from compass.serve.process import free_port, serving
 
 LAYERS = (0.25, 0.5, 1.0)
 STATIC_APP = ("import sys, uvicorn; from starlette.applications import Starlette; from starlette.routing import Mount; "
@@ -48,32 +47,6 @@ def renditions(images: list[Path], out: Path) -> None:
         plan = plan_from_fractions(*pixels.shape[:2], LAYERS)
         for k, layer in enumerate(pyramid(to_tensor(pixels), plan)):
             save_image(to_pixels(layer), out / f"{path.stem}_{k}.png")
-
-
-def start(command: list[str], port: int, log: Path, timeout: float = 120) -> subprocess.Popen:
-    """Run a server command, returning once 127.0.0.1:`port` accepts connections."""
-    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{command[:4]} exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{command[:4]} did not start in {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def load(port: int, paths: list[str], clients: int, seconds: float, headers: dict | None = None) -> dict:
@@ -114,12 +87,6 @@ def load(port: int, paths: list[str], clients: int, seconds: float, headers: dic
             "body_bytes": statistics.mean(r[1] for r in done), "read_bytes": statistics.mean(r[2] for r in done)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(images: int, seconds: float, clients: int, model: str, workers: int) -> dict:
     load_before = os.getloadavg()[0]
     sources = list_images(data_dir("kodak"))[:images]
@@ -146,25 +113,20 @@ def run(images: int, seconds: float, clients: int, model: str, workers: int) -> 
         }
         for label, (extra, headers) in setups.items():
             port = free_port()
-            proc = start([sys.executable, "-m", "compass", "serve", str(served), "--port", str(port), "--workers",
-                          str(workers), "--log-level", "warning", *extra], port, tmp / "serve.log")
-            try:
+            command = [sys.executable, "-m", "compass", "serve", str(served), "--port", str(port), "--workers",
+                       str(workers), "--log-level", "warning", *extra]
+            with serving(command, port, tmp / "serve.log"):
                 for k in range(len(sizes)):
                     paths = [f"/img/{n}?layer={k}" for n in names]
                     if "cached" in label:  # one request per image first: every timed request is a hit
                         load(port, paths, len(paths), 0, headers)
                     rows.append({"setup": label, "layer": k, "size": sizes[k],
                                  **load(port, paths, clients, seconds, headers)})
-            finally:
-                stop(proc)
         port = free_port()
-        proc = start([sys.executable, "-c", STATIC_APP, str(static), str(port)], port, tmp / "static.log")
-        try:
+        with serving([sys.executable, "-c", STATIC_APP, str(static), str(port)], port, tmp / "static.log"):
             for k in range(len(sizes)):
                 rows.append({"setup": "pre-rendered PNG", "layer": k, "size": sizes[k],
                              **load(port, [f"/{n}_{k}.png" for n in names], clients, seconds)})
-        finally:
-            stop(proc)
     prefix = [float(np.mean([infos[n]["layers"][k]["total_bytes"] for n in names])) for k in range(len(sizes))]
     return {"images": names, "model": model, "workers": workers, "clients": clients, "seconds": seconds,
             "cpus": os.cpu_count(), "load_average_before": load_before, "encode_dir_s": encode_s, "mean_prefix_bytes": prefix,

@@ -175,7 +175,8 @@ def test_errors(server, photo):
     assert server.get("/img/photo?layer=3")[0] == 404
 
 
-@pytest.mark.parametrize("name, why", [("damaged", "layer 2: chunk CRC mismatch"), ("truncated", "layer 2: chunk truncated")])
+@pytest.mark.parametrize("name, why", [("damaged", "layer 2: chunk CRC mismatch"),
+                                       ("truncated", "layer 2: chunk truncated")])
 def test_damaged_upper_layer_serves_the_highest_intact_one(server, name, why):
     status, headers, body = server.get(f"/img/{name}?w=150")
     assert status == 200 and headers["x-compass-layer"] == "1" and _image(body).size == (96, 64)
@@ -251,3 +252,13 @@ def test_library_refuses_every_name_that_leads_out_of_the_folder(folder):
             library.path(name)
     assert "escape" not in library.names(100) and "sub/photo2" in library.names(100)
     assert library.names(2) == ["broken", "burst"]
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    from compass.cli import main
+
+    assert main(["serve", str(tmp_path), "--workers", "0"]) == 2
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["compass serve: workers, max_pending, layouts and max_width must be at least 1",
+                   f"compass serve: {tmp_path / 'nope'}: not a folder"]

@@ -129,7 +129,8 @@ def run(images: int, seconds: float, clients: int, model: str, workers: int) -> 
                              **load(port, [f"/{n}_{k}.png" for n in names], clients, seconds)})
     prefix = [float(np.mean([infos[n]["layers"][k]["total_bytes"] for n in names])) for k in range(len(sizes))]
     return {"images": names, "model": model, "workers": workers, "clients": clients, "seconds": seconds,
-            "cpus": os.cpu_count(), "load_average_before": load_before, "encode_dir_s": encode_s, "mean_prefix_bytes": prefix,
+            "cpus": os.cpu_count(), "load_average_before": load_before, "encode_dir_s": encode_s,
+            "mean_prefix_bytes": prefix,
             "mean_file_bytes": float(np.mean([infos[n]["file_bytes"] for n in names])), "rows": rows}
 
 
@@ -156,8 +157,8 @@ def main(argv=None) -> int:
     print(table(result))
     print(f"\n{len(result['images'])} Kodak images, {args.model}, mean file {result['mean_file_bytes']:,.0f} B, mean "
           f"prefix per layer {', '.join(f'{b:,.0f}' for b in result['mean_prefix_bytes'])} B; encode-dir "
-          f"{result['encode_dir_s']:.1f} s; {args.clients} clients, {args.workers} workers, {result['cpus']} CPUs, load average {result['load_average_before']:.2f} "
-          f"before the run")
+          f"{result['encode_dir_s']:.1f} s; {args.clients} clients, {args.workers} workers, {result['cpus']} CPUs, "
+          f"load average {result['load_average_before']:.2f} before the run")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0

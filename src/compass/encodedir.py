@@ -29,7 +29,8 @@ class Report:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def plan(src: Path, dst: Path, force: bool = False) -> tuple[list[tuple[Path, Path]], list[Path], list[tuple[Path, str]]]:
+def plan(src: Path, dst: Path, force: bool = False
+         ) -> tuple[list[tuple[Path, Path]], list[Path], list[tuple[Path, str]]]:
     """(source, output) pairs to encode, sources up to date, and sources refused (two sources, one output).
 
     Hidden files and folders are left out; a source is up to date when its output exists and is not older.

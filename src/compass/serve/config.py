@@ -13,10 +13,10 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """workers: decoding processes (the bound on concurrent decodes; default one per core). max_pending:
-    decodes waiting for a worker beyond which a request gets 503. cache_dir, cache_bytes: the on-disk LRU cache
-    of decoded layers and its size cap (0 turns it off). layouts: files whose layer layout is kept in memory.
-    max_age: Cache-Control max-age (s). webp_quality: lossy WebP quality of the WebP renditions (PNG is
+    """workers: decoding processes (the bound on concurrent decodes; default one per core, at most 4).
+    max_pending: decodes waiting for a worker beyond which a request gets 503. cache_dir, cache_bytes: the on-disk
+    LRU cache of decoded layers and its size cap (0 turns it off). layouts: files whose layer layout is kept in
+    memory. max_age: Cache-Control max-age (s). webp_quality: lossy WebP quality of the WebP renditions (PNG is
     lossless). max_width: the largest `w` a request may ask for. gallery_images: images on the gallery page.
     """
 
@@ -31,7 +31,7 @@ class ServeConfig:
     gallery_images: int = 500
 
     def __post_init__(self):
-        if self.workers < 1 or self.max_pending < 1 or self.layouts < 1 or self.gallery_images < 0:
-            raise ValueError("workers, max_pending and layouts must be at least 1")
-        if self.cache_bytes < 0 or self.max_age < 0 or not 0 <= self.webp_quality <= 100:
-            raise ValueError("cache_bytes and max_age must be at least 0, webp_quality 0 to 100")
+        if min(self.workers, self.max_pending, self.layouts, self.max_width) < 1:
+            raise ValueError("workers, max_pending, layouts and max_width must be at least 1")
+        if min(self.cache_bytes, self.max_age, self.gallery_images) < 0 or not 0 <= self.webp_quality <= 100:
+            raise ValueError("cache_bytes, max_age and gallery_images must be at least 0, webp_quality 0 to 100")

@@ -51,4 +51,5 @@ def page(items: dict[str, Located | str]) -> str:
     figures = "\n".join(_figure(name, item) for name, item in items.items()) or "<p>No .cmp files in this folder.</p>"
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>compass gallery</title>'
-            f"<style>{_STYLE}</style></head>\n<body><main>\n{figures}\n</main><script>{_SCRIPT}</script></body></html>\n")
+            f"<style>{_STYLE}</style></head>\n<body><main>\n{figures}\n</main>"
+            f"<script>{_SCRIPT}</script></body></html>\n")

@@ -7,9 +7,12 @@ constructions with a known property (calibrated scales, constant z). Everything 
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,34 @@ def tiny_single_weights_file(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_single_weights(tmp_path_factory) -> Path:
     return tiny_single_weights_file(tmp_path_factory.mktemp("weights") / "tiny-single.pt")
+
+
+@dataclass
+class Server:
+    """A `compass serve` process on 127.0.0.1:`port`, its output in `log`."""
+
+    port: int
+    log: Path
+
+    def get(self, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+        """(status, lower-cased headers, body) of one request sent as given (no normalization of `path`)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def compass_server(folder: Path, cache: Path, *args: str):
+    """Run `compass serve folder` (extra `args`, its cache and log under `cache`) until the block ends."""
+    from compass.serve.process import free_port, serving
+
+    cache.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "compass", "serve", str(folder), "--port", str(port), "--cache-dir",
+               str(cache / "layers"), *args]
+    with serving(command, port, cache / "server.log", cwd=REPO):
+        yield Server(port, cache / "server.log")

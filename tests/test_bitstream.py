@@ -1,5 +1,6 @@
 """The container format: round trips, the prefix property, extract, every error, and robustness to garbage."""
 import hashlib
+import io
 import random
 import struct
 import subprocess
@@ -295,6 +296,43 @@ def test_write_refuses_what_readers_would_refuse():
         bs.write(header, [chunks[0], bs.Chunk((), 0)])
     with pytest.raises(bs.ChunkError, match="^layer 0: decoder check"):
         bs.write(header, [bs.Chunk([b""], 2**32), chunks[1]])
+
+
+class CountingFile(io.BytesIO):
+    def __init__(self, data):
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, n=-1):
+        out = super().read(n)
+        self.bytes_read += len(out)
+        return out
+
+
+def test_layout_locates_every_layer_from_the_header_and_framing_only():
+    header, chunks = make(4, seed=2, string_bytes=300)
+    data = bs.write(header, chunks)
+    f = CountingFile(data)
+    got = bs.layout(f)
+    assert got == bs.Layout(header, bs.read_header(data)[1], tuple(chunk_ends(data)), None)
+    assert f.bytes_read == got.header_bytes + 8 * 4 < len(data) / 4
+
+
+def test_layout_of_a_cut_file_stops_at_the_first_chunk_it_does_not_hold_whole():
+    header, chunks = make(3, seed=3)
+    data = bs.write(header, chunks)
+    ends = chunk_ends(data)
+    for cut, located in ((len(data) - 1, 2), (ends[1], 2), (ends[1] + 5, 2), (ends[0] + 8, 1), (ends[0] - 1, 0)):
+        got = bs.layout(CountingFile(data[:cut]))
+        assert got.ends == tuple(ends[:located]), cut
+        with pytest.raises(bs.TruncatedChunk) as e:
+            bs.read_chunks(data[:cut], header, got.header_bytes, located)
+        assert got.missing == str(e.value)
+    with pytest.raises(bs.BadMagic):
+        bs.layout(CountingFile(b"GIF89a" + data))
+    for cut in (0, 3, 6, 20, got.header_bytes - 1):
+        with pytest.raises(bs.HeaderError):
+            bs.layout(CountingFile(data[:cut]))
 
 
 # --- robustness --------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import operator
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from .errors import CompassError
 
 MAGIC = b"\x89CMP"
+SUFFIX = ".cmp"  # the file name suffix compass files go by (encode-dir writes it, serve looks for it)
 VERSION = 1
 MAX_LAYERS = 16
 DEFAULT_MAX_PIXELS = 1 << 28
@@ -257,12 +259,16 @@ def read_header(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, int
 
 def _chunk_end(view: memoryview, pos: int, layer: int) -> int:
     """Offset just past layer `layer`'s chunk starting at `pos`, or TruncatedChunk if the data ends before it."""
-    n = len(view)
+    return _frame_end(bytes(view[pos:pos + _FRAME.size]), pos, len(view), layer)
+
+
+def _frame_end(frame: bytes, pos: int, n: int, layer: int) -> int:
+    """`_chunk_end` from the chunk's framing bytes alone (`frame`, read at `pos` of a file of `n` bytes)."""
     if pos >= n:
         raise TruncatedChunk(layer, "chunk missing (the file ends before it)")
     if pos + _FRAME.size > n:
         raise TruncatedChunk(layer, f"chunk truncated ({n - pos} of its {_FRAME.size} framing bytes present)")
-    length = _U32.unpack_from(view, pos)[0]
+    length = _U32.unpack_from(frame)[0]
     start = pos + _FRAME.size
     if start + length > n:
         raise TruncatedChunk(layer, f"chunk truncated ({n - start} of its {length} payload bytes present)")
@@ -366,3 +372,42 @@ def info(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     return {"format_version": VERSION, "model_name": header.model_name, "model_id": header.model_id.hex(),
             "header_bytes": header_bytes, "file_bytes": len(view),
             "trailing_bytes": len(view) - pos if complete else None, "layers": layers}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a file's layers end: `ends[k]` is the size of the prefix that decoding layer k needs (`info`'s
+    `total_bytes`), for each layer whose chunk the file holds whole, base first; `missing` says why the next
+    layer's chunk cannot be located (None when every layer's can)."""
+
+    header: Header
+    header_bytes: int
+    ends: tuple[int, ...]
+    missing: str | None
+
+
+def layout(f: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Layout:
+    """The `Layout` of the compass file `f` (binary, seekable), reading only the header and each chunk's 8
+    framing bytes, never a payload: a server locates a layer's prefix without reading the layers above it.
+
+    Header errors raise as in `read_header`; payloads and their CRCs are not checked (decoding does that).
+    """
+    size = f.seek(0, 2)
+    f.seek(0)
+    head = f.read(7)
+    if head[:4] == MAGIC and len(head) == 7:  # the rest of the header, in the two reads its fields size
+        head += f.read(head[6] + MODEL_ID_BYTES + 1)
+        if len(head) == 7 + head[6] + MODEL_ID_BYTES + 1:
+            head += f.read(head[-1] * _LAYER.size + 4)
+    header, pos = read_header(head, max_pixels)
+    header_bytes, ends, missing = pos, [], None
+    for k in range(len(header.layers)):
+        f.seek(pos)
+        try:
+            pos = _frame_end(f.read(_FRAME.size), pos, size, k)
+        except TruncatedChunk as e:
+            missing = str(e)
+            break
+        ends.append(pos)
+    return Layout(header, header_bytes, tuple(ends), missing)
+

@@ -245,6 +245,42 @@ def _bench_train(args) -> int:
     return 0 if any("error" not in r for r in rows) else 1
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths in pixels, e.g. 480,960, got {text!r}")
+    return widths
+
+
+def _encode_dir(args) -> int:
+    from tqdm import tqdm
+
+    from .encodedir import encode_dir
+
+    done = encode_dir(args.src, args.dst, layers=args.layers, widths=args.sizes, quality=args.quality,
+                      model=args.model, jobs=args.jobs, force=args.force, progress=not args.quiet,
+                      report=lambda message: tqdm.write(f"compass encode-dir: {message}", file=sys.stderr))
+    print(f"{len(done.encoded)} encoded, {len(done.skipped)} up to date, {len(done.failed)} failed")
+    return 2 if done.failed else 0
+
+
+def _serve(args) -> int:
+    try:
+        from .serve.app import run
+    except ImportError as e:
+        raise CompassError(f"compass serve needs the serve extra: pip install 'compass-codec[serve]' ({e})") from None
+    from .serve.config import ServeConfig
+
+    given = {"workers": args.workers, "cache_dir": args.cache_dir and Path(args.cache_dir),
+             "cache_bytes": None if args.cache_mb is None else round(args.cache_mb * 2**20)}
+    config = ServeConfig(**{k: v for k, v in given.items() if v is not None})
+    run(args.dir, host=args.host, port=args.port, config=config, log_level=args.log_level)
+    return 0
+
+
 def _size_or_none(text: str) -> tuple[int, int] | None:
     """'3840x2160' (width x height) -> (2160, 3840); 'none' -> None."""
     if text.lower() == "none":
@@ -343,6 +379,32 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--memory-mb", type=int, default=2048, help="address space a case may add (MiB)")
     z.add_argument("--only", type=int, nargs="+", metavar="CASE", help="run only these cases, with details")
     z.set_defaults(func=_fuzz)
+
+    n = sub.add_parser("encode-dir", help="encode a folder of images for `compass serve` (skips what is up to date)")
+    n.add_argument("src")
+    n.add_argument("dst")
+    g = n.add_mutually_exclusive_group()
+    g.add_argument("--layers", type=_floats, help="fractions of each image's size, e.g. 0.25,0.5,1 (default)")
+    g.add_argument("--sizes", type=_widths, help="layer widths in pixels, e.g. 480,960,1920; heights follow the "
+                                                 "aspect ratio, the image itself is the top layer")
+    n.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    n.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL}; "
+                                                          "compass-cpu-mini decodes fastest)")
+    n.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    n.add_argument("--force", action="store_true", help="encode again what is up to date")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=_encode_dir)
+
+    s = sub.add_parser("serve", help="serve a folder of compass files over HTTP, each width from a prefix of "
+                                     "its file (docs/serving.md)")
+    s.add_argument("dir")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 4)")
+    s.add_argument("--cache-dir", help="cache of decoded layers (default ~/.cache/compass/serve)")
+    s.add_argument("--cache-mb", type=float, help="size cap of that cache in MiB, 0 to turn it off (default 256)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=_serve)
 
     v = sub.add_parser("eval", help="rate-distortion evaluation against the baselines: BD-rate table, plots")
     v.add_argument("--data", help="folder of test images (default: Kodak under the shared data root)")

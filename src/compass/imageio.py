@@ -154,6 +154,11 @@ def _reading(name: str, max_pixels: int, notes: list[str]):
         raise ImageError(f"{name}: damaged or truncated image data ({_one_line(e)})") from e
 
 
+def suffixes() -> set[str]:
+    """File name suffixes of the formats `load_image` reads, as Pillow registers them (.png, .jpg, .tif, ...)."""
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
+
+
 def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """Write uint8 (H, W, 3) RGB losslessly in the format of the extension, atomically."""
     _check_pixels(pixels)

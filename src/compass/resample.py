@@ -59,6 +59,13 @@ def plan_from_scales(height: int, width: int, scales: Sequence[float | tuple[flo
     return check_plan(sizes, height, width)
 
 
+def plan_from_widths(height: int, width: int, widths: Sequence[int]) -> list[tuple[int, int]]:
+    """Layer sizes from layer widths in pixels, heights keeping the aspect ratio, the top layer being the input:
+    widths at or above the input's are dropped, so one list of breakpoints fits images of any size."""
+    below = sorted({int(w) for w in widths if 1 <= int(w) < width})
+    return check_plan([(max(1, round(height * w / width)), w) for w in below] + [(height, width)], height, width)
+
+
 def check_plan(sizes: list[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
     """Refuse plans whose sizes shrink from one layer to the next or exceed the input; returns `sizes`."""
     for a, b in zip(sizes, sizes[1:]):

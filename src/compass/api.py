@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, load_image, to_pixels, to_tensor
+from .imageio import LoadedImage, all_finite, load_image, to_pixels, to_tensor
+from .limits import MAX_PIXELS
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
@@ -53,7 +55,7 @@ class Compass:
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, predictor: str = "liff", device: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = MAX_PIXELS):
         obj, digest = load_weights(model)
         self.model = build_scalable(obj, predictor).to(device or "cpu")
         self.device = torch.device(device or "cpu")
@@ -71,7 +73,7 @@ class Compass:
         if sum(given) > 1:
             raise ValueError("give only one of layers, sizes, scales")
         if sizes is not None:
-            plan = [(int(h), int(w)) for h, w in sizes]
+            plan = [(operator.index(h), operator.index(w)) for h, w in sizes]
             if not plan or plan[-1] != (height, width):
                 raise ValueError(f"the last size must be the input size {height}x{width} (height x width)")
             return check_plan(plan, height, width)
@@ -88,12 +90,12 @@ class Compass:
         (`compass.refine`): fewer bits and/or higher PSNR for about 0.5 s per step per 768x512 layer on one
         thread; any decoder reads the file.
         """
-        if isinstance(refine, int):
+        if isinstance(refine, int) and not isinstance(refine, bool):
             refine = RefineConfig(steps=refine)
+        elif not (refine is None or isinstance(refine, RefineConfig)):
+            raise TypeError(f"refine is a step count or a RefineConfig, not {type(refine).__name__}")
         pixels = _pixels(image, self.max_pixels)
         plan = self.plan(pixels.shape[0], pixels.shape[1], layers, sizes, scales)
-        if len(plan) > bitstream.MAX_LAYERS:
-            raise ValueError(f"at most {bitstream.MAX_LAYERS} layers, got {len(plan)}")
         qs = list(qualities) if qualities is not None else [quality] * len(plan)
         if len(qs) != len(plan):
             raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
@@ -114,10 +116,12 @@ class Compass:
                                 f"but {self.name!r} (id {self.model_id.hex()}) is loaded")
         return header, offset
 
-    def layers(self, data, upto: int = -1) -> Iterator[np.ndarray]:
+    def layers(self, data, upto: int = -1,
+               progress: Callable[[int, bitstream.LayerInfo], object] | None = None) -> Iterator[np.ndarray]:
         """Decode layers 0..upto in order, yielding each as uint8 HxWx3; reads no chunk above `upto`.
 
-        A damaged layer raises when it is reached, after every layer below it was yielded.
+        A damaged layer raises when it is reached, after every layer below it was yielded, with a message that
+        names it. `progress(k, layer)` is called before layer k is decoded (a long decode can say how far it is).
         """
         header, offset = self.read_header(data)
         k = _layer_index(upto, len(header.layers))
@@ -133,24 +137,28 @@ class Compass:
         codes = [LayerCode(list(c.strings), c.check) for c in chunks]
         decoded = self.model.decompress_iter(codes, sizes, qs)
         for j in range(len(codes)):
-            with _memory_error(f"layer {j} ({sizes[j][1]}x{sizes[j][0]}): not enough memory to decode it; layers "
-                               f"below {j} are fine"):
-                x, check = next(decoded)
+            if progress is not None:
+                progress(j, header.layers[j])
+            below = f"; layers below {j} are fine" if j else ""
+            with _memory_error(f"layer {j} ({sizes[j][1]}x{sizes[j][0]}): not enough memory to decode it{below}"):
+                try:
+                    x, check = next(decoded)
+                except CodingError as e:  # the entropy decoder does not know which layer it decodes
+                    raise CodingError(f"layer {j}: {e}{below}") from None
                 if check != chunks[j].check:
                     raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
-                                         f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
+                                         f"mismatch: other weights, numerics or hardware){below}")
                 if not all_finite(x):  # symbols no encoder writes, with a check made to match (forged)
-                    raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
-                                      f"below {j} are fine")
+                    raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data){below}")
                 image = to_pixels(x)
             yield image
         if damage is not None:
             raise damage
 
-    def decode(self, data, layer: int = -1) -> np.ndarray:
-        """Decode one layer (default: the top one) as uint8 HxWx3."""
+    def decode(self, data, layer: int = -1, progress=None) -> np.ndarray:
+        """Decode one layer (default: the top one) as uint8 HxWx3; `progress` as for `layers`."""
         out = None
-        for out in self.layers(data, layer):
+        for out in self.layers(data, layer, progress):
             pass
         return out
 

@@ -391,3 +391,104 @@ def test_damaged_weights_fail_their_sha256_with_a_way_to_restore(registry, tmp_p
     registry.unlink()
     with pytest.raises(weights.WeightsError, match=r"is missing; restore it"):
         Compass("compass-tiny")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: o.pop("config"), "holds no config"),
+    (lambda o: o["config"]["codec"].update(N=10**12), "N must be whole numbers from 1 to 512, got 1000000000000"),
+    (lambda o: o["config"]["liff"].update(hidden=[10**9, 16]), "hidden must be whole numbers from 1 to 1024"),
+    (lambda o: o["config"]["codec"].update(lambda_max=float("nan")), "0 < lambda_min < lambda_max"),
+    (lambda o: o["config"]["codec"].update(N=9), "module 'base' does not fit its config .*size mismatch"),
+    (lambda o: o["state"]["liff"].popitem(), "module 'liff' does not fit its config .*Missing key"),
+    (lambda o: o["state"].pop("residual"), "has no module 'residual'"),
+    (lambda o: o["state"].pop("liff"), "holds a single-layer codec"),
+    (lambda o: o["state"]["base"].update(extra="not a tensor"), "map each module's names to tensors"),
+    (lambda o: o.update(name="caf\u00e9"), "name must be 1-255 printable ASCII"),
+])
+def test_malformed_weights_are_refused_in_one_line_naming_the_file(edit, message, tiny_weights, tmp_path):
+    """Issue 22, row 6: a weights file whose format tag is right but whose config or modules are missing, out of
+    bounds or inconsistent is a WeightsError naming the file; a huge config is refused before anything is built."""
+    import torch
+
+    from compass.api import Compass
+
+    obj = torch.load(tiny_weights, weights_only=True)
+    edit(obj)
+    path = tmp_path / "w.pt"
+    torch.save(obj, path)
+    with pytest.raises(weights.WeightsError, match=f"^weights file {re.escape(str(path))}.*{message}") as e:
+        Compass(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"models": {"compass-tiny": {"file": "compass-tiny.pt"}}}', "needs a 'sha256' of 64 hex digits, got None"),
+    ('{"compass-tiny": {}}', "not a manifest"),
+    ('{"models": {"compass-tiny": {"file": null, "sha256": "SHA"}}}', "needs a 'file' naming a file beside"),
+    ('{"models": {"compass-tiny": {"file": "../compass-tiny.pt", "sha256": "SHA"}}}', "needs a 'file' .* got '../"),
+    ('[{"file": "compass-tiny.pt"}]', "not a manifest"),
+    ('{"models": {compass-tiny: {}}}', r"not valid JSON \(Expecting property name enclosed in double quotes"),
+])
+def test_malformed_manifests_are_refused_in_one_line_naming_the_file(text, message, registry):
+    """Issue 22, row 6."""
+    from compass.api import Compass
+
+    manifest = registry.parent / "manifest.json"
+    manifest.write_text(text.replace("SHA", weights.sha256_file(registry)))
+    with pytest.raises(weights.WeightsError, match=f"^{re.escape(str(manifest))}: (model 'compass-tiny' )?{message}"):
+        Compass("compass-tiny")
+
+
+class _RunsCode:
+    """Unpickling this creates the file `marker`: any code could run in its place."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoints_and_weights_that_run_code_are_refused(tiny_weights, tmp_path):
+    """Issue 22, row 1: every loader of weights or training checkpoints (`train --init`, `--resume`,
+    `history_of`, `load_module_state`, the GPU window's import, the export) reads tensors and plain data only:
+    a file whose unpickling would run code is refused with one line, and the code never runs."""
+    import torch
+
+    from compass.api import Compass
+    from compass.train import train
+    from compass.train.export import export_checkpoints
+    from compass.train.loop import history_of
+    from compass.train.stages import load_module_state
+    from compass.train.window import import_window
+    from test_train import RECIPE
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "compass-checkpoint/1", "step": 1, "payload": _RunsCode(str(marker))}, evil)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(to_pixels(synthetic_image(40, 48, seed=i))).save(photos / f"{i}.png")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(evil.read_bytes())
+    (tmp_path / "window").mkdir()
+    (tmp_path / "window" / "base.pt").write_bytes(evil.read_bytes())
+    (tmp_path / "window" / "window.json").write_text('{"stage": "base"}')
+    loaders = [lambda: Compass(evil), lambda: history_of(evil), lambda: load_module_state(evil, "codec"),
+               lambda: train(RECIPE, "base", tmp_path / "new", init=str(evil), data=str(photos), progress=False),
+               lambda: train(RECIPE, "base", tmp_path / "run", resume=True, data=str(photos), progress=False),
+               lambda: import_window(tmp_path / "window", checkpoints=tmp_path / "checkpoints"),
+               lambda: export_checkpoints(evil, None, tmp_path / "export")]
+    for load in loaders:
+        with pytest.raises(weights.WeightsError, match=r"\.pt holds Python objects other than tensors and plain "
+                                                       "data, which loading could run as code: refused"):
+            load()
+    assert not marker.exists()
+
+
+def test_no_loader_unpickles_code():
+    """Every torch.load in the repository is `weights.safe_load`'s (weights_only=True)."""
+    offenders = [str(p.relative_to(REPO)) for folder in ("src", "tools", "scripts") for p in (REPO / folder).rglob("*")
+                 if p.suffix in (".py", ".sh") and "torch.load(" in p.read_text()]
+    assert offenders == ["src/compass/weights.py"]

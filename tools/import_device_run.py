@@ -22,6 +22,7 @@ from compass.paths import data_dir
 from compass.train.data import list_images, split, validation_crops
 from compass.train.loop import LOG_FIELDS, plot_log, save_atomic
 from compass.train.stages import make_stage
+from compass.weights import safe_load
 
 
 def held_out_validation(ck: dict) -> list[dict]:
@@ -61,13 +62,13 @@ def main() -> None:
     src = args.device_dir
     with tarfile.open(src / "logs.tar.gz") as tar:
         logs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("log.csv")}
-    base = torch.load(src / "base.pt", map_location="cpu", weights_only=False)
+    base = safe_load(src / "base.pt")
     if args.init_from:
         base["init_from"] = args.init_from
     jobs = [(base, args.base_run, "runs/cpu-gpu/base/log.csv")]
     if not args.no_joint:
         for f, run in (("joint-cpu.pt", "runs/cpu-gpu/joint"), ("joint-lite.pt", "runs/cpu-lite-gpu/joint")):
-            ck = torch.load(src / f, map_location="cpu", weights_only=False)
+            ck = safe_load(src / f)
             ck["modules"] = {"base": base["modules"]["codec"], **ck["modules"]}
             jobs.append((ck, Path(run), f"{run}/log.csv"))
     for ck, run, log_name in jobs:

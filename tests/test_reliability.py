@@ -19,6 +19,7 @@ from PIL import Image
 
 from compass import bitstream, fuzz, weights
 from compass.cli import main
+from compass.entropy import CodingError
 from compass.errors import CompassError
 from compass.imageio import to_pixels
 
@@ -51,6 +52,9 @@ def test_every_category_is_reached_with_the_outcomes_it_must_have(report):
     # damage behind a valid chunk CRC reaches the entropy decoder and the symbol check
     assert counts["payload"]["CodingError"] and counts["payload"]["DecodeMismatch"]
     assert counts["model"]["ModelMismatch"]
+    # the seeds of issue 22 on the command line, and loaders refusing what they must
+    assert {"exit 0", "exit 2", "exit 130", "exit 141"} <= set(counts["cli"])
+    assert all(counts[c]["WeightsError"] for c in ("weights", "manifest", "checkpoint"))
 
 
 def test_report_table_lists_every_category(report):
@@ -101,6 +105,8 @@ def _raise(e):
 
 def test_harness_reports_foreign_exceptions_and_multiline_messages():
     assert _judge(_raise(IndexError("list index out of range")))["outcome"] == "crash"
+    assert _judge(_raise(CodingError("damaged entropy-coded string")))["problems"] == [
+        "the message does not name the damaged layer"]
     assert _judge(_raise(RuntimeError("DefaultCPUAllocator: can't allocate memory")))["outcome"] == "memory"
     res = _judge(_raise(CompassError("two\nlines")))
     assert res["outcome"] == "CompassError" and "not one line" in res["problems"][0]
@@ -146,6 +152,40 @@ def test_harness_survives_a_dead_or_hung_worker(fuzz_models, tmp_path):
         assert pool.run(good, 10)["outcome"] == "identical"
     finally:
         pool.stop()
+
+
+def test_harness_reports_code_run_by_a_loader(tiny_weights, tmp_path, monkeypatch):
+    """The checkpoint loaders as they were (torch.load with weights_only=False) let a forged file run code: the
+    loader cases must say so."""
+    import torch
+
+    from compass.train import loop
+
+    unsafe = lambda path, map_location="cpu": torch.load(path, weights_only=False)  # noqa: E731
+    monkeypatch.setattr(weights, "safe_load", unsafe)
+    monkeypatch.setattr(loop, "safe_load", unsafe)
+    case = fuzz.Case(0, "checkpoint", "test", b"", 0, None, expect=("WeightsError",),
+                     edit=(("set", ("history",), [fuzz.EVIL]),))
+    obj = {k: v for k, v in weights.load_weights(tiny_weights)[0].items() if k != "source"}
+    res = fuzz._run_loader(case, obj, tiny_weights, tmp_path)
+    assert "loading ran code from the file" in res["problems"]
+
+
+def test_harness_judges_the_command_line(tmp_path):
+    spec = {"argv": [], "expect": (2,), "checks": [("absent", "gone")]}
+    (tmp_path / "kept").write_bytes(b"x")
+    (tmp_path / "gone").write_bytes(b"x")
+    before = fuzz._snapshot(tmp_path)
+    judge = lambda code, stderr="compass info: damaged\n": fuzz._judge_cli(spec, tmp_path, before, code, "", stderr)
+    assert judge(2) == ["gone is there"]
+    (tmp_path / "gone").unlink()
+    assert judge(2) == []
+    assert judge(1, "Traceback (most recent call last):\n") == [
+        "exit code 1, expected 2", "stderr is not compass's one-line messages: 'Traceback (most recent call last):\\n'"]
+    assert judge(2, "compass info: one\ncompass info: two\n") == ["2 error lines on exit 2"]
+    (tmp_path / ".compass-0123456789ab.tmp").write_bytes(b"x")
+    (tmp_path / "kept").write_bytes(b"changed")
+    assert judge(2) == ["temporary file left: .compass-0123456789ab.tmp", "a failed command changed files"]
 
 
 def test_cli_fuzz_reproduces_one_case(fuzz_models, capsys):

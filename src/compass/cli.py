@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_positive, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
 
-    z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder (docs/reliability.md)")
+    z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder, hostile input to the "
+                                     "command line and the loaders (docs/reliability.md)")
     z.add_argument("--cases", type=int, default=2000, help="number of cases (default 2000)")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--model", "--weights", dest="models", action="append",

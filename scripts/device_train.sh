@@ -19,7 +19,8 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 slim() {  # slim SRC DST [MODULE_TO_DROP]
     python3 - "$@" <<'PY'
 import sys, torch
-ck = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+from compass.weights import safe_load
+ck = safe_load(sys.argv[1])
 ck["optimizer"] = ck["aux_optimizer"] = None
 for m in sys.argv[3:]:
     ck["modules"].pop(m)

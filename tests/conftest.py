@@ -12,6 +12,7 @@ import http.client
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,23 @@ def estimated_bits(m: MeanScaleHyperprior, x: torch.Tensor, q: float) -> float:
     with torch.no_grad():
         out = m(x, q)
     return float(sum((-torch.log2(v)).sum() for v in out["likelihoods"].values()))
+
+
+def fifo(path: Path, data: bytes, endless: bool = False) -> Path:
+    """A FIFO at `path` that a thread feeds with `data` (then zeros until the reader goes away, if `endless`)."""
+    os.mkfifo(path)
+
+    def feed():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+                while endless:
+                    f.write(bytes(1 << 20))
+        except BrokenPipeError:  # the reader stopped reading
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return path
 
 
 def run_python(code: str, *args: str, threads: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -9,8 +9,10 @@ import tracemalloc
 import zlib
 
 import pytest
+from conftest import fifo
 
 from compass import bitstream as bs
+from compass import limits
 from compass.errors import CompassError
 
 MODEL_ID = bytes.fromhex("0123456789abcdef")
@@ -222,11 +224,11 @@ def test_limits_are_refused_before_allocation():
     huge = raw_header(layers=[(16, 24, 0), (2**32 - 1, 2**32 - 1, 0)])
     tracemalloc.start()
     try:
-        with pytest.raises(bs.LimitExceeded, match="^layer 1: .* over the limit of 268435456"):
+        with pytest.raises(bs.LimitExceeded, match="^layer 1: .* over the limit of 67108864"):
             bs.read_header(huge)
-        # a chunk declaring 4 GiB of payload in a tiny file
+        # a chunk declaring 4 GiB of payload in a tiny file: more than its layer may hold
         data = raw_header() + struct.pack(">II", 2**32 - 1, 0) + bytes(16)
-        with pytest.raises(bs.TruncatedChunk, match="^layer 0: chunk truncated"):
+        with pytest.raises(bs.ChunkError, match="^layer 0: chunk declares 4294967295 payload bytes, over the limit"):
             bs.read(data)
         # a CRC-valid payload whose string declares 4 GiB
         data = raw_header() + raw_chunk(struct.pack(">IBI", 0, 1, 2**32 - 1) + bytes(8))
@@ -296,6 +298,38 @@ def test_write_refuses_what_readers_would_refuse():
         bs.write(header, [chunks[0], bs.Chunk((), 0)])
     with pytest.raises(bs.ChunkError, match="^layer 0: decoder check"):
         bs.write(header, [bs.Chunk([b""], 2**32), chunks[1]])
+    too_long = bs.Chunk([bytes(limits.chunk_bytes_limit(16 * 24))], 0)  # 4 bytes per pixel and 64 KiB
+    with pytest.raises(bs.ChunkError, match="^layer 0: chunk payload of .* bytes is over the limit"):
+        bs.write(header, [too_long, chunks[1]])
+
+
+def test_read_file_reads_no_more_than_the_header_allows(tmp_path):
+    """Issue 22, row 3: /dev/zero, /dev/urandom, an 8 GiB sparse file or an endless pipe cost at most what the
+    header allows: the header, then each declared layer's chunk limit. Devices and folders are refused unread."""
+    header, chunks = make(2)
+    data = bs.write(header, chunks)
+    (tmp_path / "x.cmp").write_bytes(data + b"trailing")
+    assert bs.read_file(tmp_path / "x.cmp") == data + b"trailing"
+    offset = bs.read_header(data)[1]
+    allowed = offset + sum(8 + limits.chunk_bytes_limit(layer.pixels) for layer in header.layers)
+    got = bs.read_file(fifo(tmp_path / "endless", data, endless=True))
+    assert len(got) == allowed and got.startswith(data)
+    for device in ("/dev/zero", "/dev/urandom"):
+        (tmp_path / "link.cmp").unlink(missing_ok=True)
+        (tmp_path / "link.cmp").symlink_to(device)
+        with pytest.raises(CompassError, match="link.cmp: not a regular file"):
+            bs.read_file(tmp_path / "link.cmp")
+    with pytest.raises(CompassError, match="is a directory"):
+        bs.read_file(tmp_path)
+    with open(tmp_path / "sparse.cmp", "wb") as f:
+        f.truncate(8 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(bs.BadMagic):
+            bs.read_file(tmp_path / "sparse.cmp")
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
 
 
 class CountingFile(io.BytesIO):
@@ -388,8 +422,8 @@ def test_random_headers_and_garbage_only_raise_bitstream_errors():
         result = read_all_quietly(data)
         if result is not None:  # accepted: then it obeys every limit
             accepted = result[0].layers
-            assert 1 <= len(accepted) <= bs.MAX_LAYERS
-            assert all(1 <= layer.pixels <= bs.DEFAULT_MAX_PIXELS for layer in accepted)
+            assert 1 <= len(accepted) <= limits.MAX_LAYERS
+            assert all(1 <= layer.pixels <= limits.MAX_PIXELS for layer in accepted)
         read_all_quietly(rng.randbytes(rng.randrange(100)))
         read_all_quietly(b"\x89CMP\x01\x00" + rng.randbytes(rng.randrange(100)))
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 import zlib
 
 import numpy as np
 import pytest
 import torch
+from conftest import fifo
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
-from compass import fileutil, imageio
+from compass import fileutil, imageio, limits
 from compass.errors import CompassError
 from compass.fileutil import atomic_write_bytes, same_file
-from compass.imageio import DEFAULT_MAX_PIXELS, ImageError, all_finite, load_image, save_image, to_pixels, to_tensor
+from compass.imageio import ImageError, all_finite, load_image, save_image, to_pixels, to_tensor
 
 RNG = np.random.default_rng(0)
 
@@ -140,7 +142,7 @@ def test_pixel_limit_is_inclusive(tmp_path):
 
 
 def test_default_limit_admits_8k():
-    assert 7680 * 4320 <= DEFAULT_MAX_PIXELS < 2 * Image.MAX_IMAGE_PIXELS
+    assert 7680 * 4320 <= limits.MAX_PIXELS < 2 * Image.MAX_IMAGE_PIXELS
 
 
 def test_damaged_files_give_an_image_or_an_image_error():
@@ -199,6 +201,20 @@ def test_file_objects(tmp_path):
 
     for source in (io.BytesIO(buf.getvalue()), io.BufferedReader(Pipe(buf.getvalue()))):
         np.testing.assert_array_equal(load_image(source).pixels, a)
+
+
+def test_pipes_are_read_within_a_bound_and_devices_refused(tmp_path):
+    """Issue 22, rows 3 and 10: an image from a pipe (`<(cat x.png)`) is read into memory, up to what an image
+    of `max_pixels` may take; a device (/dev/zero) is refused without reading it."""
+    a = _noise(4, 6)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    np.testing.assert_array_equal(load_image(fifo(tmp_path / "pipe.png", buf.getvalue())).pixels, a)
+    with pytest.raises(ImageError, match="endless.png: a pipe or stream of more than 16777224 bytes"):
+        load_image(fifo(tmp_path / "endless.png", buf.getvalue(), endless=True), max_pixels=1)
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(ImageError, match="zero.png: not a regular file"):
+        load_image(tmp_path / "zero.png")
 
 
 def test_grayscale(tmp_path):
@@ -444,6 +460,79 @@ def test_atomic_write_follows_a_symlink(tmp_path):
     (tmp_path / "link.cmp").symlink_to("real.cmp")
     atomic_write_bytes(tmp_path / "link.cmp", b"new")
     assert (tmp_path / "link.cmp").is_symlink() and (tmp_path / "real.cmp").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("kind", ["device node", "fifo"])
+def test_atomic_write_never_replaces_a_device_or_a_fifo(kind, tmp_path):
+    """Issue 22, row 4: an output that is a device node (here a copy of /dev/null) or a FIFO is refused, not
+    replaced by a regular file."""
+    import stat
+
+    node = tmp_path / "node"
+    if kind == "fifo":
+        os.mkfifo(node)
+    elif os.geteuid() != 0:
+        pytest.skip("only root may create a device node (the FIFO covers the rule)")
+    else:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (tmp_path / "link").symlink_to(node)
+    for path in (node, tmp_path / "link"):
+        with pytest.raises(CompassError, match="not a regular file .* refusing to replace it"):
+            atomic_write_bytes(path, b"data")
+    assert not stat.S_ISREG(node.lstat().st_mode) and sorted(os.listdir(tmp_path)) == ["link", "node"]
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    """Issue 22, row 5: a replaced file keeps its permission bits; a new one gets the umask's."""
+    path = tmp_path / "x.cmp"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o600)
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o600
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "y.cmp", b"new")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "y.cmp").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_write_takes_any_name_the_folder_takes(tmp_path):
+    """Issue 22, row 9: the temporary name is short, so a name of 255 bytes (the usual limit) can be written."""
+    path = tmp_path / ("n" * 251 + ".cmp")
+    atomic_write_bytes(path, b"data")
+    assert path.read_bytes() == b"data" and os.listdir(tmp_path) == [path.name]
+
+
+_KILLED_WRITER = r"""
+import sys, time
+from compass.fileutil import atomic_write
+atomic_write(sys.argv[1], lambda f: (f.write(b"half"), f.flush(), print("writing", flush=True), time.sleep(60)))
+"""
+
+
+def test_a_killed_writer_s_temporary_file_goes_with_a_later_write(tmp_path):
+    """Issue 22, row 13: kill -9 during a write leaves the temporary file (nothing can prevent that); the next
+    write into the folder removes it once it is `STALE_TEMP_SECONDS` old. Fresh ones (a write in progress) and
+    other files stay."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "out.cmp")], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"writing\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(".compass-") and left.endswith(".tmp")
+    old = time.time() - limits.STALE_TEMP_SECONDS - 1
+    os.utime(tmp_path / left, (old, old))
+    (tmp_path / ".compass-0123456789ab.tmp").write_bytes(b"a write in progress")
+    (tmp_path / ".notes.tmp").write_bytes(b"not ours")
+    os.utime(tmp_path / ".notes.tmp", (old, old))
+    atomic_write_bytes(tmp_path / "other.cmp", b"data")
+    assert sorted(os.listdir(tmp_path)) == [".compass-0123456789ab.tmp", ".notes.tmp", "other.cmp"]
 
 
 def test_same_file(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 from compass import bitstream, fuzz, weights
 from compass.cli import main
+from compass.entropy import CodingError
 from compass.errors import CompassError
 from compass.imageio import to_pixels
 
@@ -50,6 +52,9 @@ def test_every_category_is_reached_with_the_outcomes_it_must_have(report):
     # damage behind a valid chunk CRC reaches the entropy decoder and the symbol check
     assert counts["payload"]["CodingError"] and counts["payload"]["DecodeMismatch"]
     assert counts["model"]["ModelMismatch"]
+    # the seeds of issue 22 on the command line, and loaders refusing what they must
+    assert {"exit 0", "exit 2", "exit 130", "exit 141"} <= set(counts["cli"])
+    assert all(counts[c]["WeightsError"] for c in ("weights", "manifest", "checkpoint"))
 
 
 def test_report_table_lists_every_category(report):
@@ -100,6 +105,8 @@ def _raise(e):
 
 def test_harness_reports_foreign_exceptions_and_multiline_messages():
     assert _judge(_raise(IndexError("list index out of range")))["outcome"] == "crash"
+    assert _judge(_raise(CodingError("damaged entropy-coded string")))["problems"] == [
+        "the message does not name the damaged layer"]
     assert _judge(_raise(RuntimeError("DefaultCPUAllocator: can't allocate memory")))["outcome"] == "memory"
     res = _judge(_raise(CompassError("two\nlines")))
     assert res["outcome"] == "CompassError" and "not one line" in res["problems"][0]
@@ -147,6 +154,40 @@ def test_harness_survives_a_dead_or_hung_worker(fuzz_models, tmp_path):
         pool.stop()
 
 
+def test_harness_reports_code_run_by_a_loader(tiny_weights, tmp_path, monkeypatch):
+    """The checkpoint loaders as they were (torch.load with weights_only=False) let a forged file run code: the
+    loader cases must say so."""
+    import torch
+
+    from compass.train import loop
+
+    unsafe = lambda path, map_location="cpu": torch.load(path, weights_only=False)  # noqa: E731
+    monkeypatch.setattr(weights, "safe_load", unsafe)
+    monkeypatch.setattr(loop, "safe_load", unsafe)
+    case = fuzz.Case(0, "checkpoint", "test", b"", 0, None, expect=("WeightsError",),
+                     edit=(("set", ("history",), [fuzz.EVIL]),))
+    obj = {k: v for k, v in weights.load_weights(tiny_weights)[0].items() if k != "source"}
+    res = fuzz._run_loader(case, obj, tiny_weights, tmp_path)
+    assert "loading ran code from the file" in res["problems"]
+
+
+def test_harness_judges_the_command_line(tmp_path):
+    spec = {"argv": [], "expect": (2,), "checks": [("absent", "gone")]}
+    (tmp_path / "kept").write_bytes(b"x")
+    (tmp_path / "gone").write_bytes(b"x")
+    before = fuzz._snapshot(tmp_path)
+    judge = lambda code, stderr="compass info: damaged\n": fuzz._judge_cli(spec, tmp_path, before, code, "", stderr)
+    assert judge(2) == ["gone is there"]
+    (tmp_path / "gone").unlink()
+    assert judge(2) == []
+    assert judge(1, "Traceback (most recent call last):\n") == [
+        "exit code 1, expected 2", "stderr is not compass's one-line messages: 'Traceback (most recent call last):\\n'"]
+    assert judge(2, "compass info: one\ncompass info: two\n") == ["2 error lines on exit 2"]
+    (tmp_path / ".compass-0123456789ab.tmp").write_bytes(b"x")
+    (tmp_path / "kept").write_bytes(b"changed")
+    assert judge(2) == ["temporary file left: .compass-0123456789ab.tmp", "a failed command changed files"]
+
+
 def test_cli_fuzz_reproduces_one_case(fuzz_models, capsys):
     assert main(["fuzz", "--seed", "0", "--only", "5", "400", *sum((["--model", m] for m in fuzz_models), [])]) == 0
     out = capsys.readouterr().out
@@ -154,17 +195,18 @@ def test_cli_fuzz_reproduces_one_case(fuzz_models, capsys):
 
 
 def test_refusals_of_huge_declarations_come_before_any_allocation(tiny_codec, photo_pixels):
-    """The header path and the API path refuse sizes over their limits; the API's default is the lower one."""
+    """The header path and the API path refuse sizes over their limits, one default for both (limits.MAX_PIXELS)."""
     data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
     header, offset = bitstream.read_header(data)
     body = data[offset:]
     name, mid = header.model_name.encode(), header.model_id
     layers = [(l.height, l.width, 0) for l in header.layers]
     between = fuzz.raw_header(name, mid, layers[:1] + [(9000, 9000, 0)]) + body  # 81 MP: over 2^26, under 2^28
-    assert bitstream.read_header(between)[0].layers[1].pixels == 81_000_000
+    assert bitstream.read_header(between, max_pixels=1 << 28)[0].layers[1].pixels == 81_000_000
+    for read in (tiny_codec.decode, bitstream.read_header, bitstream.info):
+        with pytest.raises(bitstream.LimitExceeded, match="over the limit of 67108864"):
+            read(between)
     with pytest.raises(bitstream.LimitExceeded, match="67108864"):
-        tiny_codec.decode(between)
-    with pytest.raises(bitstream.LimitExceeded, match="268435456"):
         bitstream.read_header(fuzz.raw_header(name, mid, layers[:1] + [(2**32 - 1, 2**32 - 1, 0)]) + body)
     with pytest.raises(bitstream.LimitExceeded, match="17 layers"):
         tiny_codec.decode(fuzz.raw_header(name, mid, layers + layers[-1:] * 15) + body)
@@ -303,7 +345,8 @@ def _snapshot(folder):
                                   "output via a symlink to the input", "--all onto its input",
                                   "output under a regular file", "output is a folder", "input is a folder",
                                   "missing input to info", "missing input to extract", "missing input to decode",
-                                  "unwritable folder", "unreadable input", "damaged input over an old output"])
+                                  "unwritable folder", "unreadable input", "damaged input over an old output",
+                                  "output is a device node", "output is a FIFO"])
 def test_hostile_paths_exit_2_and_leave_files_alone(case, files, tmp_path, tiny_weights, capsys):
     png, cmp_file = files
     w = ["--weights", str(tiny_weights)]
@@ -318,6 +361,12 @@ def test_hostile_paths_exit_2_and_leave_files_alone(case, files, tmp_path, tiny_
         (tmp_path / "locked").mkdir(mode=0o500)
         if case == "unreadable input":
             os.chmod(png, 0o000)
+    if case == "output is a device node":  # issue 22, row 4: here a copy of /dev/null
+        if os.geteuid() != 0:
+            pytest.skip("only root may create a device node (the FIFO covers the rule)")
+        os.mknod(tmp_path / "node", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    if case == "output is a FIFO":
+        os.mkfifo(tmp_path / "fifo")
     if case == "output via a symlink to the input":
         (tmp_path / "link.cmp").symlink_to(cmp_file)
     if case == "--all onto its input":  # decode --all -o o.png writes o_L0.png, o_L1.png: the input is o_L1.png
@@ -337,6 +386,8 @@ def test_hostile_paths_exit_2_and_leave_files_alone(case, files, tmp_path, tiny_
         "unwritable folder": ["encode", png, tmp_path / "locked" / "o.cmp", *w],
         "unreadable input": ["encode", png, tmp_path / "o.cmp", *w],
         "damaged input over an old output": ["decode", damaged, "-o", tmp_path / "old.png", *w],
+        "output is a device node": ["encode", png, tmp_path / "node", *w],
+        "output is a FIFO": ["extract", cmp_file, "--layer", "0", "-o", tmp_path / "fifo"],
     }[case]
     before = _snapshot(tmp_path)
     try:
@@ -380,3 +431,103 @@ def test_damaged_weights_fail_their_sha256_with_a_way_to_restore(registry, tmp_p
     registry.unlink()
     with pytest.raises(weights.WeightsError, match=r"is missing; restore it"):
         Compass("compass-tiny")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: o.pop("config"), "holds no config"),
+    (lambda o: o["config"]["codec"].update(N=10**12), "N must be whole numbers from 1 to 512, got 1000000000000"),
+    (lambda o: o["config"]["liff"].update(hidden=[10**9, 16]), "hidden must be whole numbers from 1 to 1024"),
+    (lambda o: o["config"]["codec"].update(lambda_max=float("nan")), "0 < lambda_min < lambda_max"),
+    (lambda o: o["config"]["codec"].update(N=9), "module 'base' does not fit its config .*size mismatch"),
+    (lambda o: o["state"]["liff"].popitem(), "module 'liff' does not fit its config .*Missing key"),
+    (lambda o: o["state"].pop("residual"), "has no module 'residual'"),
+    (lambda o: o["state"]["base"].update(extra="not a tensor"), "map each module's names to tensors"),
+    (lambda o: o.update(name="caf\u00e9"), "name must be 1-255 printable ASCII"),
+])
+def test_malformed_weights_are_refused_in_one_line_naming_the_file(edit, message, tiny_weights, tmp_path):
+    """Issue 22, row 6: a weights file whose format tag is right but whose config or modules are missing, out of
+    bounds or inconsistent is a WeightsError naming the file; a huge config is refused before anything is built."""
+    import torch
+
+    from compass.api import Compass
+
+    obj = torch.load(tiny_weights, weights_only=True)
+    edit(obj)
+    path = tmp_path / "w.pt"
+    torch.save(obj, path)
+    with pytest.raises(weights.WeightsError, match=f"^weights file {re.escape(str(path))}.*{message}") as e:
+        Compass(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"models": {"compass-tiny": {"file": "compass-tiny.pt"}}}', "needs a 'sha256' of 64 hex digits, got None"),
+    ('{"compass-tiny": {}}', "not a manifest"),
+    ('{"models": {"compass-tiny": {"file": null, "sha256": "SHA"}}}', "needs a 'file' naming a file beside"),
+    ('{"models": {"compass-tiny": {"file": "../compass-tiny.pt", "sha256": "SHA"}}}', "needs a 'file' .* got '../"),
+    ('[{"file": "compass-tiny.pt"}]', "not a manifest"),
+    ('{"models": {compass-tiny: {}}}', r"not valid JSON \(Expecting property name enclosed in double quotes"),
+])
+def test_malformed_manifests_are_refused_in_one_line_naming_the_file(text, message, registry):
+    """Issue 22, row 6."""
+    from compass.api import Compass
+
+    manifest = registry.parent / "manifest.json"
+    manifest.write_text(text.replace("SHA", weights.sha256_file(registry)))
+    with pytest.raises(weights.WeightsError, match=f"^{re.escape(str(manifest))}: (model 'compass-tiny' )?{message}"):
+        Compass("compass-tiny")
+
+
+class _RunsCode:
+    """Unpickling this creates the file `marker`: any code could run in its place."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoints_and_weights_that_run_code_are_refused(tiny_weights, tmp_path):
+    """Issue 22, row 1: every loader of weights or training checkpoints (`train --init`, `--resume`,
+    `history_of`, `load_module_state`, the GPU window's import, the export) reads tensors and plain data only:
+    a file whose unpickling would run code is refused with one line, and the code never runs."""
+    import torch
+
+    from compass.api import Compass
+    from compass.train import train
+    from compass.train.export import export_checkpoints
+    from compass.train.loop import history_of
+    from compass.train.stages import load_module_state
+    from compass.train.window import import_window
+    from test_train import RECIPE
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "compass-checkpoint/1", "step": 1, "payload": _RunsCode(str(marker))}, evil)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(to_pixels(synthetic_image(40, 48, seed=i))).save(photos / f"{i}.png")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(evil.read_bytes())
+    (tmp_path / "window").mkdir()
+    (tmp_path / "window" / "base.pt").write_bytes(evil.read_bytes())
+    (tmp_path / "window" / "window.json").write_text('{"stage": "base"}')
+    loaders = [lambda: Compass(evil), lambda: history_of(evil), lambda: load_module_state(evil, "codec"),
+               lambda: train(RECIPE, "base", tmp_path / "new", init=str(evil), data=str(photos), progress=False),
+               lambda: train(RECIPE, "base", tmp_path / "run", resume=True, data=str(photos), progress=False),
+               lambda: import_window(tmp_path / "window", checkpoints=tmp_path / "checkpoints"),
+               lambda: export_checkpoints(evil, None, tmp_path / "export")]
+    for load in loaders:
+        with pytest.raises(weights.WeightsError, match=r"\.pt holds Python objects other than tensors and plain "
+                                                       "data, which loading could run as code: refused"):
+            load()
+    assert not marker.exists()
+
+
+def test_no_loader_unpickles_code():
+    """Every torch.load in the repository is `weights.safe_load`'s (weights_only=True)."""
+    offenders = [str(p.relative_to(REPO)) for folder in ("src", "tools", "scripts") for p in (REPO / folder).rglob("*")
+                 if p.suffix in (".py", ".sh") and "torch.load(" in p.read_text()]
+    assert offenders == ["src/compass/weights.py"]

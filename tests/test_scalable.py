@@ -1,5 +1,6 @@
 """The scalable codec end to end: round trips at any number of layers and factors, prefixes, extract, errors."""
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from compass import bitstream
 from compass.api import Compass, DecodeMismatch, ModelMismatch
+from compass.errors import CompassError
 from compass.imageio import to_pixels, to_tensor
 from compass.resample import pyramid
 
@@ -97,6 +99,23 @@ def test_symbol_check_detects_probability_model_mismatch(tiny_codec, photo_pixel
     assert tiny_codec.decode(bitstream.write(header, bad), 0) is not None
 
 
+def test_damage_behind_a_valid_crc_names_its_layer(tiny_codec, photo_pixels):
+    """Issue 22, row 11: random strings in layer 1's chunk, under a correct CRC, end in an error naming layer 1
+    (the entropy decoder's own errors do not know the layer), and layer 0 still decodes."""
+    import random
+
+    data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
+    header, offset = bitstream.read_header(data)
+    chunks = bitstream.read_chunks(data, header, offset, 1)
+    rng = random.Random(0)
+    for _ in range(40):
+        strings = [rng.randbytes(rng.choice([rng.randrange(1, 100), 4 * rng.randrange(1, 50)])) for _ in range(2)]
+        bad = bitstream.write(header, [chunks[0], bitstream.Chunk(strings, chunks[1].check)])
+        with pytest.raises(CompassError, match="^layer 1: .*; layers below 1 are fine$"):
+            tiny_codec.decode(bad)
+        assert tiny_codec.decode(bad, 0).shape == (22, 34, 3)
+
+
 def test_other_weights_and_ablation_are_refused(tiny_codec, photo_pixels, tmp_path, tiny_weights):
     data = tiny_codec.encode(photo_pixels, layers=[0.5, 1])
     other = Compass(tiny_scalable_weights(tmp_path / "other.pt", seed=5))
@@ -122,19 +141,44 @@ def test_layer_out_of_range(tiny_codec, photo_pixels):
     (dict(sizes=[(10, 10), (20, 20)]), "input size"),
     (dict(layers=[0.5, 1], qualities=[0.5]), "qualities"),
     (dict(quality=1.5), "quality"),
+    # issue 22, row 7: no layers, empty sizes, non-finite fractions
+    (dict(layers=[]), "1 to 16 layers, got 0"),
+    (dict(layers=[1] * 17), "1 to 16 layers, got 17"),
+    (dict(sizes=[(0, 0), (45, 67)]), "layer 0x0 is under the smallest layer size, 8x8"),
+    (dict(layers=[math.nan, 1]), r"fractions must be in \(0, 1\], got nan"),
+    # row 8: fractions outside (0, 1], factors that leave a layer under 8 pixels a side
+    (dict(layers=[-0.5, 1]), "fractions must be in"),
+    (dict(layers=[0, 1]), "fractions must be in"),
+    (dict(layers=[1.5]), "fractions must be in"),
+    (dict(scales=[math.inf]), "scale factors must be finite and at least 1, got inf"),
+    (dict(scales=[0.5]), "at least 1"),
+    (dict(scales=[1e6]), "layer 1x1 is under the smallest layer size"),
+    (dict(scales=[(1.0, 10.0)]), "layer 7x45 is under the smallest layer size"),
 ])
 def test_bad_plans_are_refused(tiny_codec, photo_pixels, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_codec.encode(photo_pixels, **kwargs)
 
 
+@pytest.mark.parametrize("call", ["refine=1.5", "refine=True", "sizes of floats", "decode(None)", "decode(path)"])
+def test_arguments_of_the_wrong_type_raise_type_error(call, tiny_codec, photo_pixels):
+    """Issue 22, row 7: TypeError with a message, not an AttributeError from deep inside."""
+    with pytest.raises(TypeError, match="refine is a step count|integer|expected the bytes of a compass file"):
+        {"refine=1.5": lambda: tiny_codec.encode(photo_pixels, refine=1.5),
+         "refine=True": lambda: tiny_codec.encode(photo_pixels, refine=True),
+         "sizes of floats": lambda: tiny_codec.encode(photo_pixels, sizes=[(22.5, 33), (45, 67)]),
+         "decode(None)": lambda: tiny_codec.decode(None),
+         "decode(path)": lambda: tiny_codec.decode("x.cmp")}[call]()
+
+
 def test_tiny_images(tiny_codec):
+    """An input under `MIN_LAYER_SIDE` codes in layers of its own size; lower layers would be smaller still."""
     for h, w in [(1, 1), (2, 3), (3, 2)]:
         px = np.full((h, w, 3), 100, np.uint8)
-        data = tiny_codec.encode(px, layers=[1.0])
-        assert tiny_codec.decode(data).shape == (h, w, 3)
-    data = tiny_codec.encode(np.zeros((2, 3, 3), np.uint8), layers=[0.5, 1])
-    assert [img.shape for img in tiny_codec.decode_all(data)] == [(1, 2, 3), (2, 3, 3)]
+        data = tiny_codec.encode(px, layers=[1.0, 1.0])
+        assert [img.shape for img in tiny_codec.decode_all(data)] == [(h, w, 3)] * 2
+    with pytest.raises(ValueError, match="layer 2x1 is under the smallest layer size, 3x2"):
+        tiny_codec.encode(np.zeros((2, 3, 3), np.uint8), layers=[0.5, 1])
 
 
 def test_encoder_without_top_reconstruction_writes_the_same_codes(tiny_codec, photo_pixels):

@@ -351,8 +351,11 @@ def test_scalable_weights_refer_to_their_shipped_base_and_keep_their_file_ids(tm
     raw = torch.load(PRETRAINED_DIR / entry["file"], weights_only=True)
     assert "base" not in raw["state"] and raw["base_from"]["model"] == "compass-cpu-single"
     assert entry["bytes"] < 5e6 and Compass("compass-cpu-fast").model_id.hex() == entry["id"][:16]
+    fast_sha = manifest()["models"]["compass-cpu-fast"]["sha256"]
     for ref, message in (({"model": "compass-cpu-single", "sha256": "0" * 64}, "refers to base model .* reinstall"),
-                         ({"model": "compass-gone", "sha256": "0" * 64}, "'compass-gone', which is not installed")):
+                         ({"model": "compass-gone", "sha256": "0" * 64}, "'compass-gone', which is not installed"),
+                         ("compass-cpu-single", "base_from must name a registered model and its sha256"),
+                         ({"model": "compass-cpu-fast", "sha256": fast_sha}, "holds no base of its own")):
         torch.save({**raw, "base_from": ref}, tmp_path / "w.pt")
         with pytest.raises(WeightsError, match=message):
             load_weights(tmp_path / "w.pt")

@@ -24,6 +24,7 @@ from compass.liff import LIFF, LiffConfig
 from compass.train.config import load_recipe
 from compass.train.export import last_validation
 from compass.train.loop import train
+from compass.weights import safe_load
 
 RUNS = Path("runs/liff-widths")
 VARIANTS = {  # changes to the cpu recipe's [liff] table
@@ -82,7 +83,7 @@ def report() -> str:
         if name == "paper":
             step, cells = "—", ["—"] * 3
         elif (run / "checkpoint.pt").exists():
-            step = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+            step = safe_load(run / "checkpoint.pt")["step"]
             v = {r["setting"]: r["psnr"] for r in last_validation(run)}
             cells = [f"{v[f'liff {s}']:.2f} ({v[f'bicubic {s}']:.2f})" for s in ("2.0x", "3.2x", "1.5x|2.0x")]
         else:

@@ -27,12 +27,13 @@ from PIL import Image
 
 from compass.codec import CodecConfig, MeanScaleHyperprior
 from compass.paths import REPO_ROOT, data_dir
+from compass.weights import safe_load
 
 CROPS = [(321, 481), (257, 193), (100, 75), (33, 17)]
 
 
 def load_codec(path: Path) -> tuple[MeanScaleHyperprior, dict]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = safe_load(path)
     model = MeanScaleHyperprior(CodecConfig(**ck["recipe"]["codec"]))
     model.load_state_dict(ck["modules"]["codec"])
     model.eval()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from PIL import Image as PILImage
 from . import DEFAULT_MODEL, bitstream
 from .errors import CompassError
 from .entropy import CodingError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, all_finite, from_pil, load_image, to_pixels, to_tensor
+from .imageio import LoadedImage, all_finite, from_pil, load_image, to_pixels, to_tensor
+from .limits import MAX_PIXELS
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
@@ -62,7 +64,7 @@ class Compass:
     """
 
     def __init__(self, model: str | Path | None = None, predictor: str = "liff", device: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = MAX_PIXELS):
         self.explicit = model is not None
         obj, digest = load_weights(DEFAULT_MODEL if model is None else model)
         self.model = build_scalable(obj, predictor).to(device or "cpu")
@@ -81,7 +83,7 @@ class Compass:
         if sum(given) > 1:
             raise ValueError("give only one of layers, sizes, scales")
         if sizes is not None:
-            plan = [(int(h), int(w)) for h, w in sizes]
+            plan = [(operator.index(h), operator.index(w)) for h, w in sizes]
             if not plan or plan[-1] != (height, width):
                 raise ValueError(f"the last size must be the input size {height}x{width} (height x width)")
             return check_plan(plan, height, width)
@@ -108,28 +110,30 @@ class Compass:
         what a reader of that layer fetches (per layer, bottom first, the highest quality that fits). Both search
         q on a grid of 1/256; a target that q = 0 does not meet raises SizeTargetError.
         """
-        if isinstance(refine, int):
+        if isinstance(refine, int) and not isinstance(refine, bool):
             refine = RefineConfig(steps=refine)
+        elif not (refine is None or isinstance(refine, RefineConfig)):
+            raise TypeError(f"refine is a step count or a RefineConfig, not {type(refine).__name__}")
         if sum(a is not None for a in (qualities, max_bytes, layer_bytes)) > 1:
             raise ValueError("give only one of qualities, max_bytes, layer_bytes")
         pixels = _pixels(image, self.max_pixels)
         if layers is None and sizes is None and scales is None and self.single_layer:
             layers = (1.0,)
         plan = self.plan(pixels.shape[0], pixels.shape[1], layers, sizes, scales)
-        if len(plan) > bitstream.MAX_LAYERS:
-            raise ValueError(f"at most {bitstream.MAX_LAYERS} layers, got {len(plan)}")
         if self.single_layer and len(plan) > 1:
             raise ValueError(f"{self.name} is a single-layer codec: it codes one layer (layers=[1]), not {len(plan)}")
+        fit = max_bytes is not None or layer_bytes is not None
+        if not fit:
+            qs = list(qualities) if qualities is not None else [quality] * len(plan)
+            if len(qs) != len(plan):
+                raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
+            qs = [bitstream.quantize_quality(q) for q in qs]
         x = to_tensor(pixels).to(self.device)
         with _memory_error(f"not enough memory to encode {pixels.shape[1]}x{pixels.shape[0]} in {len(plan)} layers"):
             targets = pyramid(x, plan)
-            if max_bytes is not None or layer_bytes is not None:
+            if fit:
                 qs, codes = self._fit(targets, plan, max_bytes, layer_bytes, refine)
             else:
-                qs = list(qualities) if qualities is not None else [quality] * len(plan)
-                if len(qs) != len(plan):
-                    raise ValueError(f"{len(qs)} qualities for {len(plan)} layers")
-                qs = [bitstream.quantize_quality(q) for q in qs]
                 codes, _ = self.model.compress(targets, qs, reconstruct_top=False, refine=refine)
         header = self._header(plan, qs)
         chunks = [bitstream.Chunk(tuple(c.strings), c.check) for c in codes]
@@ -200,17 +204,19 @@ class Compass:
         if self.explicit:
             raise ModelMismatch(f"file was written by model {header.model_name!r} (id {header.model_id.hex()}), "
                                 f"but {self.name!r} (id {self.model_id.hex()}) is loaded")
-        return model_for(header)
+        return model_for(header, self.max_pixels)
 
-    def layers(self, data, upto: int = -1) -> Iterator[np.ndarray]:
+    def layers(self, data, upto: int = -1,
+               progress: Callable[[int, bitstream.LayerInfo], object] | None = None) -> Iterator[np.ndarray]:
         """Decode layers 0..upto in order, yielding each as uint8 HxWx3; reads no chunk above `upto`.
 
-        A damaged layer raises when it is reached, after every layer below it was yielded.
+        A damaged layer raises when it is reached, after every layer below it was yielded, with a message that
+        names it. `progress(k, layer)` is called before layer k is decoded (a long decode can say how far it is).
         """
         header, offset = bitstream.read_header(data, self.max_pixels)
         codec = self.codec_for(header)
         if codec is not self:
-            yield from codec.layers(data, upto)
+            yield from codec.layers(data, upto, progress)
             return
         k = _layer_index(upto, len(header.layers))
         sizes = [(l.height, l.width) for l in header.layers]
@@ -225,24 +231,28 @@ class Compass:
         codes = [LayerCode(list(c.strings), c.check) for c in chunks]
         decoded = self.model.decompress_iter(codes, sizes, qs)
         for j in range(len(codes)):
-            with _memory_error(f"layer {j} ({sizes[j][1]}x{sizes[j][0]}): not enough memory to decode it; layers "
-                               f"below {j} are fine"):
-                x, check = next(decoded)
+            if progress is not None:
+                progress(j, header.layers[j])
+            below = f"; layers below {j} are fine" if j else ""
+            with _memory_error(f"layer {j} ({sizes[j][1]}x{sizes[j][0]}): not enough memory to decode it{below}"):
+                try:
+                    x, check = next(decoded)
+                except CodingError as e:  # the entropy decoder does not know which layer it decodes
+                    raise CodingError(f"layer {j}: {e}{below}") from None
                 if check != chunks[j].check:
                     raise DecodeMismatch(f"layer {j}: decoded symbols differ from the encoder's (probability model "
-                                         f"mismatch: other weights, numerics or hardware); layers below {j} are fine")
+                                         f"mismatch: other weights, numerics or hardware){below}")
                 if not all_finite(x):  # symbols no encoder writes, with a check made to match (forged)
-                    raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data); layers "
-                                      f"below {j} are fine")
+                    raise CodingError(f"layer {j}: decoded values are not finite (damaged or forged data){below}")
                 image = to_pixels(x)
             yield image
         if damage is not None:
             raise damage
 
-    def decode(self, data, layer: int = -1) -> np.ndarray:
-        """Decode one layer (default: the top one) as uint8 HxWx3."""
+    def decode(self, data, layer: int = -1, progress=None) -> np.ndarray:
+        """Decode one layer (default: the top one) as uint8 HxWx3; `progress` as for `layers`."""
         out = None
-        for out in self.layers(data, layer):
+        for out in self.layers(data, layer, progress):
             pass
         return out
 
@@ -295,23 +305,23 @@ def _pixels(image, max_pixels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _default(model: str, predictor: str = "liff") -> Compass:
-    return Compass(model, predictor)
+def _default(model: str, predictor: str = "liff", max_pixels: int = MAX_PIXELS) -> Compass:
+    return Compass(model, predictor, max_pixels=max_pixels)
 
 
-def model_for(data_or_header) -> Compass:
+def model_for(data_or_header, max_pixels: int = MAX_PIXELS) -> Compass:
     """The installed model that wrote a file (its bytes, or its parsed header), loaded once per process: the
     header names it (shipped name and the first bytes of its weights' sha256). Raises ModelMismatch when that
     model is not installed, or when the installed one of that name has other weights."""
     header = data_or_header
     if not isinstance(header, bitstream.Header):
-        header = bitstream.read_header(data_or_header)[0]
+        header = bitstream.read_header(data_or_header, max_pixels)[0]
     name = header.model_name
     base, predictor = (name[: -len(BICUBIC)], "bicubic") if name.endswith(BICUBIC) else (name, "liff")
     if base not in registered():
         raise ModelMismatch(f"file was written by model {name!r}, which is not installed here; pass its weights file "
                             "(model=PATH, or --weights PATH)")
-    codec = _default(base, predictor)
+    codec = _default(base, predictor, max_pixels)
     if codec.model_id != header.model_id:
         raise ModelMismatch(f"file was written by model {name!r} with id {header.model_id.hex()}, but the installed "
                             f"{name!r} has id {codec.model_id.hex()} (other weights under that name); pass the weights "

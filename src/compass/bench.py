@@ -608,7 +608,7 @@ def format_report(res: dict) -> str:
 
 
 def write_json(res: dict, path: str | Path) -> None:
-    from .imageio import atomic_write_bytes
+    from .fileutil import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(res, indent=2) + "\n").encode())
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import CompassError
+from .fileutil import open_input, read_upto
+from .limits import MAX_LAYERS, MAX_PIXELS, chunk_bytes_limit
 
 MAGIC = b"\x89CMP"
 SUFFIX = ".cmp"  # the file name suffix compass files go by (encode-dir writes it, serve looks for it)
 VERSION = 1
-MAX_LAYERS = 16
-DEFAULT_MAX_PIXELS = 1 << 28
 MODEL_ID_BYTES = 8
 QUALITY_STEPS = 65535
 MAX_STRINGS = 255
@@ -29,6 +29,7 @@ _LAYER = struct.Struct(">IIH")  # height, width, quality code
 _FRAME = struct.Struct(">II")  # payload length, payload CRC32
 _PAYLOAD_HEAD = struct.Struct(">IB")  # decoder check, string count
 _U32 = struct.Struct(">I")
+HEADER_MAX_BYTES = 7 + 255 + MODEL_ID_BYTES + 1 + 255 * _LAYER.size + 4  # every length field at its largest
 
 
 class BitstreamError(CompassError):
@@ -130,17 +131,26 @@ class Chunk:
 
 def _bytes_view(data) -> memoryview:
     # byte-indexed whatever buffer came in (a numpy array's memoryview counts elements, not bytes)
-    return memoryview(data).cast("B")
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"expected the bytes of a compass file, got {type(data).__name__} (read_file reads a "
+                        f"file)") from None
 
 
 def _size(layer: LayerInfo) -> str:
     return f"{layer.width}x{layer.height}"
 
 
+def valid_model_name(name: str) -> bool:
+    """Whether a header can hold `name`: 1-255 printable ASCII characters."""
+    return 1 <= len(name) <= 255 and all(" " <= c <= "~" for c in name)
+
+
 def _check_header(header: Header, max_pixels: int) -> None:
     """Raise HeaderError or LimitExceeded unless a reader with this pixel limit would accept the header."""
     name = header.model_name
-    if not 1 <= len(name) <= 255 or not all(" " <= c <= "~" for c in name):
+    if not valid_model_name(name):
         raise HeaderError(f"model name must be 1-255 printable ASCII characters, got {name[:40]!r}")
     if len(header.model_id) != MODEL_ID_BYTES:
         raise HeaderError(f"model id must be {MODEL_ID_BYTES} bytes, got {len(header.model_id)}")
@@ -155,7 +165,7 @@ def _check_header(header: Header, max_pixels: int) -> None:
                               f"1 to {_U32_MAX}")
         if layer.pixels > max_pixels:
             raise LimitExceeded(f"layer {k}: {_size(layer)} is {layer.pixels} pixels, over the limit of "
-                                f"{max_pixels} (raise max_pixels to accept it)")
+                                f"{max_pixels} (raise max_pixels, or --max-pixels, to accept it)")
         below = header.layers[k - 1]
         if k and (layer.height < below.height or layer.width < below.width):
             raise HeaderError(f"layer {k}: size {_size(layer)} is smaller than layer {k - 1}'s {_size(below)}")
@@ -180,14 +190,15 @@ def _pack_header(header: Header) -> bytes:
     return bytes(out)
 
 
-def _pack_chunk(chunk: Chunk, layer: int) -> bytes:
+def _pack_chunk(chunk: Chunk, layer: int, pixels: int) -> bytes:
     if not 1 <= len(chunk.strings) <= MAX_STRINGS:
         raise ChunkError(layer, f"a chunk holds 1-{MAX_STRINGS} strings, got {len(chunk.strings)}")
     if not 0 <= chunk.check <= _U32_MAX:
         raise ChunkError(layer, f"decoder check {chunk.check} does not fit in 32 bits")
     size = _PAYLOAD_HEAD.size + sum(4 + len(s) for s in chunk.strings)
-    if size > _U32_MAX:
-        raise ChunkError(layer, f"chunk payload of {size} bytes exceeds 4 GiB")
+    if size > chunk_bytes_limit(pixels):
+        raise ChunkError(layer, f"chunk payload of {size} bytes is over the limit of {chunk_bytes_limit(pixels)} "
+                                f"for its layer")
     payload = _PAYLOAD_HEAD.pack(chunk.check, len(chunk.strings)) + b"".join(
         _U32.pack(len(s)) + s for s in chunk.strings)
     return _FRAME.pack(size, zlib.crc32(payload)) + payload
@@ -203,7 +214,7 @@ def chunk_bytes(strings) -> int:
     return _FRAME.size + _PAYLOAD_HEAD.size + sum(4 + len(s) for s in strings)
 
 
-def write(header: Header, chunks, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def write(header: Header, chunks, max_pixels: int = MAX_PIXELS) -> bytes:
     """The file for `header` and one `Chunk` per layer, base first.
 
     Refuses (with the error a reader would raise) any header that `read_header` with this `max_pixels` would
@@ -213,10 +224,11 @@ def write(header: Header, chunks, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes
     _check_header(header, max_pixels)
     if len(chunks) != len(header.layers):
         raise ValueError(f"{len(chunks)} chunks given for {len(header.layers)} layers")
-    return _pack_header(header) + b"".join(_pack_chunk(c, k) for k, c in enumerate(chunks))
+    return _pack_header(header) + b"".join(_pack_chunk(c, k, l.pixels)
+                                            for k, (c, l) in enumerate(zip(chunks, header.layers)))
 
 
-def read_header(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, int]:
+def read_header(data, max_pixels: int = MAX_PIXELS) -> tuple[Header, int]:
     """Parse and check the header of `data` (bytes-like): (header, offset of layer 0's chunk).
 
     Structure and CRC are checked before field values, so a damaged header reports a CRC mismatch rather than
@@ -257,18 +269,22 @@ def read_header(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, int
     return header, pos + 4
 
 
-def _chunk_end(view: memoryview, pos: int, layer: int) -> int:
-    """Offset just past layer `layer`'s chunk starting at `pos`, or TruncatedChunk if the data ends before it."""
-    return _frame_end(bytes(view[pos:pos + _FRAME.size]), pos, len(view), layer)
+def _chunk_end(view: memoryview, pos: int, layer: int, pixels: int) -> int:
+    """Offset just past layer `layer`'s chunk starting at `pos` (the layer has `pixels` pixels); TruncatedChunk if
+    the data ends before it, ChunkError if it declares more bytes than such a layer may hold."""
+    return _frame_end(bytes(view[pos:pos + _FRAME.size]), pos, len(view), layer, pixels)
 
 
-def _frame_end(frame: bytes, pos: int, n: int, layer: int) -> int:
+def _frame_end(frame: bytes, pos: int, n: int, layer: int, pixels: int) -> int:
     """`_chunk_end` from the chunk's framing bytes alone (`frame`, read at `pos` of a file of `n` bytes)."""
     if pos >= n:
         raise TruncatedChunk(layer, "chunk missing (the file ends before it)")
     if pos + _FRAME.size > n:
         raise TruncatedChunk(layer, f"chunk truncated ({n - pos} of its {_FRAME.size} framing bytes present)")
     length = _U32.unpack_from(frame)[0]
+    if length > chunk_bytes_limit(pixels):
+        raise ChunkError(layer, f"chunk declares {length} payload bytes, over the limit of "
+                                f"{chunk_bytes_limit(pixels)} for its {pixels} pixels")
     start = pos + _FRAME.size
     if start + length > n:
         raise TruncatedChunk(layer, f"chunk truncated ({n - start} of its {length} payload bytes present)")
@@ -301,10 +317,10 @@ def _parse_chunk(view: memoryview, pos: int, end: int, layer: int) -> Chunk:
     return Chunk(tuple(strings), check)
 
 
-def _walk(view: memoryview, offset: int, upto: int) -> tuple[list[Chunk], int]:
+def _walk(view: memoryview, header: Header, offset: int, upto: int) -> tuple[list[Chunk], int]:
     chunks = []
     for layer in range(upto + 1):
-        end = _chunk_end(view, offset, layer)
+        end = _chunk_end(view, offset, layer, header.layers[layer].pixels)
         chunks.append(_parse_chunk(view, offset, end, layer))
         offset = end
     return chunks, offset
@@ -316,17 +332,17 @@ def read_chunks(data, header: Header, offset: int, upto: int) -> list[Chunk]:
     A damaged chunk k raises (naming layer k) only when upto >= k: lower layers stay readable.
     """
     upto = _check_layer(header, upto)
-    return _walk(_bytes_view(data), offset, upto)[0]
+    return _walk(_bytes_view(data), header, offset, upto)[0]
 
 
-def read(data, layer: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, list[Chunk]]:
+def read(data, layer: int | None = None, max_pixels: int = MAX_PIXELS) -> tuple[Header, list[Chunk]]:
     """`read_header` then `read_chunks` up to `layer` (default: the top layer the header declares)."""
     header, offset = read_header(data, max_pixels)
     upto = len(header.layers) - 1 if layer is None else layer
     return header, read_chunks(data, header, offset, upto)
 
 
-def extract(data, layer: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def extract(data, layer: int, max_pixels: int = MAX_PIXELS) -> bytes:
     """A valid file holding layers 0..layer of `data`: header rewritten, chunks copied byte for byte.
 
     Every copied chunk is checked first, so a damaged file is refused rather than copied.
@@ -334,12 +350,26 @@ def extract(data, layer: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     view = _bytes_view(data)
     header, start = read_header(view, max_pixels)
     layer = _check_layer(header, layer)
-    end = _walk(view, start, layer)[1]
+    end = _walk(view, header, start, layer)[1]
     kept = Header(header.model_name, header.model_id, header.layers[:layer + 1])
     return _pack_header(kept) + bytes(view[start:end])
 
 
-def info(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def read_file(source, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of a compass file (a path, or a binary file object) up to its last chunk, reading no more than its
+    header allows: the header, then at most each declared layer's `chunk_bytes_limit`. Bytes past that are not
+    read (they would be ignored). Refuses folders and devices (/dev/zero, ...); pipes are read like files.
+
+    Header errors raise as `read_header` raises them; chunk damage is left to the readers of the result.
+    """
+    with open_input(source) as f:
+        head = read_upto(f, HEADER_MAX_BYTES)
+        header, offset = read_header(head, max_pixels)
+        size = offset + sum(_FRAME.size + chunk_bytes_limit(layer.pixels) for layer in header.layers)
+        return head + read_upto(f, size - len(head))
+
+
+def info(data, max_pixels: int = MAX_PIXELS) -> dict:
     """What `compass info` prints: header fields, then per layer its size, quality, bytes and status.
 
     A layer's `total_bytes` is the header plus chunks 0..k (what decoding layer k needs) and `bpp` is that over
@@ -348,15 +378,19 @@ def info(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """
     view = _bytes_view(data)
     header, pos = read_header(view, max_pixels)
-    header_bytes, layers, intact = pos, [], True
+    header_bytes, layers, intact, lost = pos, [], True, None
     for k, layer in enumerate(header.layers):
         entry = {"layer": k, "height": layer.height, "width": layer.width, "quality": layer.quality,
                  "chunk_bytes": None, "total_bytes": None, "bpp": None, "status": "ok"}
         try:
-            end = _chunk_end(view, pos, k)
-        except TruncatedChunk as e:
+            if lost is not None:
+                raise ChunkError(k, lost)
+            end = _chunk_end(view, pos, k, layer.pixels)
+        except ChunkError as e:
             entry["status"] = e.detail
-            pos = len(view)  # nothing after a truncation can be located
+            if lost is None and not isinstance(e, TruncatedChunk):  # a length no layer may have
+                lost = f"chunk not located (layer {k}'s chunk length is impossible)"
+            pos = len(view)  # nothing after a truncation or an impossible length can be located
         else:
             # a located chunk implies every chunk below it was located too
             entry.update(chunk_bytes=end - pos, total_bytes=end, bpp=8 * end / layer.pixels)
@@ -386,7 +420,7 @@ class Layout:
     missing: str | None
 
 
-def layout(f: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Layout:
+def layout(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Layout:
     """The `Layout` of the compass file `f` (binary, seekable), reading only the header and each chunk's 8
     framing bytes, never a payload: a server locates a layer's prefix without reading the layers above it.
 
@@ -404,8 +438,8 @@ def layout(f: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Layout:
     for k in range(len(header.layers)):
         f.seek(pos)
         try:
-            pos = _frame_end(f.read(_FRAME.size), pos, size, k)
-        except TruncatedChunk as e:
+            pos = _frame_end(f.read(_FRAME.size), pos, size, k, header.layers[k].pixels)
+        except ChunkError as e:
             missing = str(e)
             break
         ends.append(pos)

@@ -1,17 +1,27 @@
 """Command-line front end: argument parsing and printing only; the work is done by the Python API.
 
-Exit codes: 0 success, 1 `fuzz` found failing cases, 2 bad input or damaged data (one-line message; `--debug`
-shows the traceback), 3 training stopped on a non-finite loss.
+Exit codes: 0 success, 1 `fuzz` found failing cases, 2 bad input or damaged data, or a usage error (one-line
+message; `--debug` shows the traceback), 3 training stopped on a non-finite loss, 130 interrupted (Ctrl-C),
+141 the reader of the output went away (`compass info x.cmp | head -1`), quietly.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
-from . import DEFAULT_MODEL, DEFAULT_SINGLE
+from . import DEFAULT_MODEL, DEFAULT_SINGLE, limits
 from .errors import CompassError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _floats(text: str) -> list[float]:
@@ -21,14 +31,23 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _steps(text: str) -> int:
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = -1
-    if steps < 0:
-        raise argparse.ArgumentTypeError(f"expected a step count >= 0, got {text!r}")
-    return steps
+def _count(low: int, what: str):
+    """An argument type: an integer of at least `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_steps = _count(0, "a step count")
+_positive = _count(1, "a whole number")
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -70,6 +89,7 @@ def _byte_count(text: str) -> int:
     return n
 
 
+
 def _byte_counts(text: str) -> list[int]:
     return [_byte_count(t) for t in text.split(",")]
 
@@ -79,26 +99,30 @@ def _codec(args, data: bytes | None = None):
     from .api import Compass, model_for
 
     if data is not None and args.model is None and args.predictor is None:
-        return model_for(data)
-    return Compass(args.model or DEFAULT_MODEL, predictor=args.predictor or "liff")
+        return model_for(data, args.max_pixels)
+    return Compass(args.model or DEFAULT_MODEL, predictor=args.predictor or "liff", max_pixels=args.max_pixels)
 
 
 def _print_layers(meta: dict) -> None:
+    """`info`'s table: one line per layer, with what is wrong with its chunk (a truncated file has no bytes or
+    bpp for the layers it lacks)."""
     print(f"model {meta['model_name']} (id {meta['model_id']}), header {meta['header_bytes']} bytes, "
           f"file {meta['file_bytes']} bytes")
     for l in meta["layers"]:
+        coded = "" if l["bpp"] is None else (f"  chunk {l['chunk_bytes']} B  total {l['total_bytes']} B  "
+                                             f"{l['bpp']:.4f} bpp")
         status = "" if l["status"] == "ok" else f"  [{l['status']}]"
-        print(f"  layer {l['layer']}: {l['width']}x{l['height']}  q={l['quality']:.3f}  "
-              f"chunk {l['chunk_bytes']} B  total {l['total_bytes']} B  {l['bpp']:.4f} bpp{status}")
+        print(f"  layer {l['layer']}: {l['width']}x{l['height']}  q={l['quality']:.3f}{coded}{status}")
 
 
 def _encode(args) -> int:
     from . import bitstream
-    from .imageio import atomic_write_bytes, load_image, same_file
+    from .fileutil import atomic_write_bytes, same_file
+    from .imageio import load_image
 
     if same_file(args.input, args.output):
         raise CompassError(f"output {args.output} is the input file; choose another path")
-    image = load_image(args.input)
+    image = load_image(args.input, max_pixels=args.max_pixels)
     for message in image.warnings:
         print(f"compass encode: warning: {message}", file=sys.stderr)
     data = _codec(args).encode(image.pixels, layers=args.layers, sizes=args.sizes, scales=args.scales,
@@ -111,31 +135,48 @@ def _encode(args) -> int:
 
 
 def _decode(args) -> int:
-    from .imageio import save_image, same_file
+    from . import bitstream
+    from .fileutil import same_file
 
     if same_file(args.input, args.output):
         raise CompassError(f"output {args.output} is the input file; choose another path")
-    data = _read(args.input)
+    data = bitstream.read_file(args.input, args.max_pixels)  # refused, where it must be, before torch is imported
+    from .imageio import save_image, save_layers
+
     codec = _codec(args, data)
+    header = codec.read_header(data)[0]
+    progress = None if args.quiet else _progress(header)
     if not args.all:
-        save_image(codec.decode(data, args.layer), args.output)
+        save_image(codec.decode(data, args.layer, progress), args.output)
         return 0
     out = Path(args.output)
-    paths = [out.with_name(f"{out.stem}_L{k}{out.suffix}") for k in range(len(codec.read_header(data)[0].layers))]
+    paths = [out.with_name(f"{out.stem}_L{k}{out.suffix}") for k in range(len(header.layers))]
     for path in paths:  # all of them before anything is written
         if same_file(args.input, path):
             raise CompassError(f"output {path} is the input file; choose another path")
-    for k, (path, img) in enumerate(zip(paths, codec.layers(data))):
-        save_image(img, path)
-        if not args.quiet:
-            print(f"layer {k}: {img.shape[1]}x{img.shape[0]} -> {path}")
+    saved = None if args.quiet else lambda k, img, path: print(f"layer {k}: {img.shape[1]}x{img.shape[0]} -> {path}")
+    save_layers(codec.layers(data, -1, progress), paths, saved)
     return 0
+
+
+def _progress(header):
+    """For a decode whose layers declare over `limits.PROGRESS_PIXELS` pixels in all (it may take minutes): a
+    callback that says on stderr which layer is being decoded; None for others."""
+    if sum(layer.pixels for layer in header.layers) <= limits.PROGRESS_PIXELS:
+        return None
+    start = time.monotonic()
+
+    def show(k, layer):
+        print(f"compass decode: decoding layer {k} ({layer.width}x{layer.height}) after "
+              f"{time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _info(args) -> int:
     from . import bitstream
 
-    meta = bitstream.info(_read(args.input))
+    meta = bitstream.info(bitstream.read_file(args.input, args.max_pixels), args.max_pixels)
     if args.json:
         print(json.dumps(meta, indent=2))
     else:
@@ -145,11 +186,12 @@ def _info(args) -> int:
 
 def _extract(args) -> int:
     from . import bitstream
-    from .imageio import atomic_write_bytes, same_file
+    from .fileutil import atomic_write_bytes, same_file
 
     if same_file(args.input, args.output):
         raise CompassError(f"output {args.output} is the input file; choose another path")
-    atomic_write_bytes(args.output, bitstream.extract(_read(args.input), args.layer))
+    atomic_write_bytes(args.output, bitstream.extract(bitstream.read_file(args.input, args.max_pixels), args.layer,
+                                                      args.max_pixels))
     return 0
 
 
@@ -291,23 +333,16 @@ def _size_or_none(text: str) -> tuple[int, int] | None:
     return sizes[0]
 
 
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CompassError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CompassError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise CompassError(f"{path}: permission denied") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compass", description="Neural spatially scalable image codec (COMPASS): "
-                                "one file holds an image at several resolutions.")
+    p = _Parser(prog="compass", description="Neural spatially scalable image codec (COMPASS): "
+                                            "one file holds an image at several resolutions.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def max_pixels(sp, default, why):
+        sp.add_argument("--max-pixels", type=_positive, default=default, metavar="N",
+                        help=f"refuse images and layers of more than N pixels (default {default}: {why})")
 
     def model_args(sp, default: str):
         sp.add_argument("--model", "--weights", dest="model",
@@ -315,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--predictor", choices=["liff", "bicubic"],
                         help="inter-layer predictor (bicubic: the ablation; default liff, or what the file names)")
         sp.add_argument("--quiet", action="store_true")
+        max_pixels(sp, limits.CLI_MAX_PIXELS, "4096x4096, about a minute of CPU and 1.6 GB per layer")
 
     e = sub.add_parser("encode", help="encode an image into one file holding several resolutions")
     e.add_argument("input")
@@ -348,12 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="layers, sizes, bytes and bpp of a compass file")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
+    max_pixels(i, limits.MAX_PIXELS, "8192x8192")
     i.set_defaults(func=_info)
 
     x = sub.add_parser("extract", help="keep layers 0..k of a file, without re-encoding")
     x.add_argument("input")
     x.add_argument("--layer", type=int, required=True)
     x.add_argument("-o", "--output", required=True)
+    max_pixels(x, limits.MAX_PIXELS, "8192x8192")
     x.set_defaults(func=_extract)
 
     t = sub.add_parser("train", help="train one stage of a recipe (cpu, paper, or a TOML file)")
@@ -366,10 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
     t.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the step count to this much wall-clock time (after a short probe), then stop")
-    t.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
+    t.add_argument("--threads", type=_positive, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
 
-    z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder (docs/reliability.md)")
+    z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder, hostile input to the "
+                                     "command line and the loaders (docs/reliability.md)")
     z.add_argument("--cases", type=int, default=2000, help="number of cases (default 2000)")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--model", "--weights", dest="models", action="append",
@@ -445,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WIDTHxHEIGHT of the large image made from the test image, or none (default 3840x2160)")
     b.add_argument("--liff-size", type=int, default=128,
                    help="output side of the LIFF micro-benchmark, 0 to skip it (default 128)")
-    b.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="threads of every codec (default 1)")
+    b.add_argument("--threads", type=_positive, default=argparse.SUPPRESS, help="threads of every codec (default 1)")
     b.add_argument("--json", help="also write the results to this JSON file")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     t = b.add_argument_group("training throughput (--train RECIPE instead of the coding benchmark)")
@@ -467,14 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
-    except (CompassError, ValueError, OSError) as e:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
+    except BrokenPipeError:  # `compass info x.cmp | head -1`: stop quietly, as tools that SIGPIPE kills do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+    except (CompassError, ValueError, OSError, KeyboardInterrupt) as e:
         if args.debug:
             raise
-        print(f"compass {args.command}: {e}", file=sys.stderr)
-        return 2
+        interrupted = isinstance(e, KeyboardInterrupt)
+        print(f"compass {args.command}: {'interrupted' if interrupted else e}", file=sys.stderr)
+        return 130 if interrupted else 2

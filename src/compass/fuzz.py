@@ -1,4 +1,4 @@
-"""Fuzzing the decoder: a damaged, truncated, forged or foreign file must end in a decode or a `CompassError`.
+"""Fuzzing compass with hostile input: every case must end in a decode, a load or a one-line `CompassError`.
 
     nice -n 19 compass fuzz --cases 10000 --seed 0          # docs/reliability.md has the results
 
@@ -6,38 +6,50 @@ Valid files are encoded by every model under test (default: two tiny random-weig
 plus the shipped compass-cpu when the manifest registers it), then damaged in the seeded ways of `CATEGORIES`.
 A worker process decodes each case with `Compass.layers` (the API path) and `bitstream.info` (the header path),
 one at a time, under a per-case deadline (a hang kills and restarts the worker) and an address-space limit
-(RLIMIT_AS); it reports the outcome, the time and how much the case raised its peak RSS.
+(RLIMIT_AS); it reports the outcome, the time and how much the case raised its peak RSS. The same worker loads
+edited weights files, manifests and training checkpoints (the "weights", "manifest" and "checkpoint" cases),
+and the "cli" cases run `compass encode|decode|info|extract|train` as subprocesses, each in a fresh folder.
 
-The first cases cut the first file at every byte; the others draw a category, a file and a damage at random.
-A case fails when decoding raises anything but a `CompassError` with a one-line message, hangs, runs out of
-memory or kills the worker; when it yields a layer of another shape than the header declares; when it yields a
-layer that differs from the original file's decode although the damage cannot legitimately change it (the
-decoder check must catch any change of the decoded symbols; only forged checks, edited header fields and
-chunks that another layer of the same latent shape could hold may change the image); or when it ends
-otherwise than its category requires (e.g. a declared size over `max_pixels` must be a `LimitExceeded`,
-raised before anything is allocated). Case i of seed s depends only on (s, i, the models): `--only i`
-reproduces it.
+The first cases cut the first file at every byte; then come the seeds, the hostile inputs of issue 22 (the
+command line and the loaders); the others draw a category, a file and a damage at random.
+A case fails when decoding raises anything but a `CompassError` with a one-line message (one naming the layer,
+for a damaged layer), hangs, runs out of memory or kills the worker; when it yields a layer of another shape
+than the header declares; when it yields a layer that differs from the original file's decode although the
+damage cannot legitimately change it (the decoder check must catch any change of the decoded symbols; only
+forged checks, edited header fields and chunks that another layer of the same latent shape could hold may
+change the image); or when it ends otherwise than its category requires (e.g. a declared size over
+`max_pixels` must be a `LimitExceeded`, raised before anything is allocated). A loader case fails when loading
+runs code from the file or raises anything but a WeightsError naming the file; a command-line case, by the
+rules of `_run_cli`. Case i of seed s depends only on (s, i, the models): `--only i` reproduces it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import multiprocessing
 import os
 import random
+import re
+import stat
 import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bitstream
+from . import bitstream, limits
 from .errors import CompassError
+from .fileutil import TEMPORARY
 from .procstat import reset_peak, status_mb
 
 FUZZ_MAX_PIXELS = 1 << 16  # the decoder's pixel limit in the fuzz cases: a within-limit decode stays fast
-API_MAX_PIXELS = 1 << 26  # compass.imageio.DEFAULT_MAX_PIXELS, the API's default (not imported: it needs torch)
 TINY = "tiny"
 CORPUS = [  # (height, width, image seed, encode options); the first file is cut at every byte
     (24, 32, 1, {"layers": (0.5, 1), "quality": 0.7}),
@@ -57,7 +69,9 @@ class Case:
     `same`: every decoded layer must equal the decode of corpus file `base`. `expect`: the allowed outcomes
     ("error" is any CompassError); empty allows any. `forge`: the worker first rewrites every chunk's decoder
     check to what it decodes (what an attacker, or a buggy writer, could do). `traced`: Python allocations are
-    traced (a refusal must come before any).
+    traced (a refusal must come before any). `edit`: for the loader categories, how the worker changes a valid
+    weights object or checkpoint before saving it (`_edited`). `cli`: for "cli", the command and its setting
+    (`_run_cli`).
     """
 
     index: int
@@ -71,6 +85,8 @@ class Case:
     max_pixels: int = FUZZ_MAX_PIXELS
     forge: bool = False
     traced: bool = False
+    edit: tuple = ()
+    cli: dict | None = None
 
 
 @dataclass
@@ -217,7 +233,7 @@ def _header_fields(rng, s: Sample, corpus):
 def _limits(rng, s: Sample, corpus):
     """Declared sizes and layer counts far beyond sane, CRC valid: refused before any allocation."""
     layers, body = list(s.layers), b"".join(s.chunks)
-    kind = rng.choice(["huge layer", "huge layer", "over the limit", "api default", "layer count"])
+    kind = rng.choice(["huge layer", "huge layer", "over the limit", "default limit", "layer count"])
     max_pixels = FUZZ_MAX_PIXELS
     k = rng.randrange(len(layers))
     q = layers[k][2]
@@ -226,12 +242,12 @@ def _limits(rng, s: Sample, corpus):
     elif kind == "over the limit":  # one pixel over, the rest of the header intact
         w = rng.randint(layers[k][1], 2 * layers[k][1])
         layers[k] = (FUZZ_MAX_PIXELS // w + 1, w, q)
-    elif kind == "api default":  # accepted by bitstream's own default (2^28), refused by the API's (2^26)
-        max_pixels = API_MAX_PIXELS
-        layers[k] = (rng.randint(API_MAX_PIXELS // 8192 + 1, 32768), 8192, q)
+    elif kind == "default limit":  # refused by the readers' default, limits.MAX_PIXELS (2^26), up to 2^28 pixels
+        max_pixels = limits.MAX_PIXELS
+        layers[k] = (rng.randint(limits.MAX_PIXELS // 8192 + 1, 32768), 8192, q)
     else:
         top = layers[-1]
-        layers += [top] * (rng.randint(bitstream.MAX_LAYERS + 1, 255) - len(layers))
+        layers += [top] * (rng.randint(limits.MAX_LAYERS + 1, 255) - len(layers))
     return dict(variant=kind, data=raw_header(s.name, s.model_id, layers) + body, expect=("LimitExceeded",),
                 max_pixels=max_pixels, traced=True)
 
@@ -258,7 +274,7 @@ def _layer_count(rng, s: Sample, corpus):
         n = rng.randrange(1, len(layers))
         return dict(variant=kind, data=raw_header(s.name, s.model_id, layers[:n]) + body, expect=("identical",))
     if kind in ("fewer", "more"):
-        extra = [layers[-1]] * rng.randint(1, bitstream.MAX_LAYERS - len(layers))
+        extra = [layers[-1]] * rng.randint(1, limits.MAX_LAYERS - len(layers))
         return dict(variant="more", data=raw_header(s.name, s.model_id, layers + extra) + body,
                     expect=("TruncatedChunk",))
     if kind == "zero":
@@ -379,6 +395,277 @@ def _trailing(rng, s: Sample, corpus):
     return dict(variant="junk after the last chunk", data=s.data + junk, expect=("identical",))
 
 
+# ---------------------------------------------------------------- loaders: weights, manifests, checkpoints
+
+EVIL = "<code>"  # in an edit: an object whose unpickling runs code (`_Evil`)
+_INT_FIELDS = [("config", "codec", f) for f in ("N", "M", "levels")] + [
+    ("config", "liff", f) for f in ("feat", "blocks", "convs", "growth")]
+_BAD_INTS = [0, -1, 10**12, 2**63, limits.MODEL_CONFIG_MAX["blocks"] + 10**6, 1.5, "64", None, True, [8]]
+_BAD_LAMBDAS = {"lambda_min": [0, -1.0, float("nan"), float("inf"), "0.01", None, 1.0],
+                "lambda_max": [0, float("nan"), float("inf"), None, 1e-9]}
+
+
+def _weights_file(rng, s: Sample, corpus):
+    """The case model's weights object edited, saved and loaded by `Compass`: a config missing, out of bounds or
+    of the wrong type, a module or tensor missing or replaced, a bad name or format tag, another object, one that
+    runs code when unpickled, damaged bytes. It must load or be refused by a WeightsError naming the file."""
+    kind = rng.choice(["config", "config", "lambda", "off by one", "missing", "state", "name", "whole", "code",
+                       "bytes"])
+    expect = ("WeightsError",)
+    if kind == "config":
+        path = rng.choice(_INT_FIELDS + [("config", "liff", "hidden")])
+        value = rng.choice(_BAD_INTS if path[-1] != "hidden" else [[], [16] * 100, [10**9, 16], "16", None, 16])
+        edit = (("set", path, value),)
+    elif kind == "lambda":
+        name = rng.choice(list(_BAD_LAMBDAS))
+        edit = (("set", ("config", "codec", name), rng.choice(_BAD_LAMBDAS[name])),)
+    elif kind == "off by one":  # within bounds, but not the shape of the stored tensors
+        edit = (("add", rng.choice(_INT_FIELDS), rng.choice([-1, 1])),)
+    elif kind == "missing":
+        edit = (("del", rng.choice([("config",), ("config", "codec"), ("config", "liff"), ("config", "liff", "hidden"),
+                                     ("state",), ("state", "base"), ("state", "residual"), ("state", "liff"),
+                                     ("state", "base", "*"), ("name",), ("format",)]), None),)
+    elif kind == "state":
+        edit = (("set", rng.choice([("state", "base", "*"), ("state", "liff"), ("state", "residual", "extra"),
+                                     ("state",)]), rng.choice([None, "x", 5, [1.0, 2.0], "<tensor>"])),)
+    elif kind == "name":
+        edit = (("set", ("name",), rng.choice(["", "\u00e9t\u00e9", "x" * 300, "two\nlines", 5, None])),)
+    elif kind == "whole":
+        edit = (("whole", (), rng.choice([[], "text", 5, None, {}, {"format": "compass-weights/1"}])),)
+    elif kind == "code":
+        edit = (("set", rng.choice([(), ("info",), ("config", "codec"), ("state", "base", "*"), ("extra",)]), EVIL),)
+    else:
+        edit, expect = (rng.choice([("cut", (), rng.random()), ("flip", (), rng.getrandbits(32)),
+                                    ("junk", (), rng.getrandbits(32))]),), ("loaded", "WeightsError")
+    return dict(variant=f"{kind}: {_describe(edit)}", data=b"", base=None, edit=edit, expect=expect)
+
+
+def _manifest(rng, s: Sample, corpus):
+    """A registry whose manifest.json names the case model's weights file as "fuzz": valid, or not JSON, or of
+    another structure, an entry's "file" or "sha256" missing, null or wrong, a file outside its folder or missing.
+    `Compass("fuzz")` must load, or be refused by a WeightsError naming the manifest or the weights."""
+    entry = {"file": "w.pt", "sha256": "<sha256>", "kind": "scalable"}
+    kind = rng.choice(["valid", "json", "structure", "file", "sha256"])
+    doc, expect = {"models": {"fuzz": entry}}, ("WeightsError",)
+    if kind == "valid":
+        expect = ("loaded",)
+    elif kind == "structure":
+        doc = rng.choice([[], "models", 5, None, {}, {"models": []}, {"models": {"fuzz": []}},
+                          {"models": {"fuzz": None}}, {"models": 5}])
+    elif kind == "file":
+        doc = {"models": {"fuzz": {**entry, "file": rng.choice([None, "", ".", "..", "../w.pt", "/etc/passwd",
+                                                                 "sub/w.pt", 5, ["w.pt"], "missing.pt"])}}}
+    elif kind == "sha256":
+        value = rng.choice([None, "", "abc", "<SHA256>", "0" * 64, 5, "<drop>"])
+        doc = {"models": {"fuzz": {**{k: v for k, v in entry.items() if k != "sha256"},
+                                   **({} if value == "<drop>" else {"sha256": value})}}}
+    text = json.dumps(doc)
+    if kind == "json":
+        text = rng.choice([text[:rng.randrange(1, len(text))], text.replace('"', "'"), text + "}", "{models: {}}"])
+    data = text.encode() if rng.random() < 0.9 or kind == "valid" else b"\xff\xfe" + text.encode()
+    return dict(variant=f"{kind}: {data[:70]!r}", data=data, base=None, expect=expect)
+
+
+def _checkpoint(rng, s: Sample, corpus):
+    """A training checkpoint (its types: tensors, numpy RNG state, plain data) for `history_of` and
+    `load_module_state`, the loaders of `compass train --init` and `--resume`: valid, with an object that runs
+    code when unpickled somewhere in it, or damaged. It must load, or be refused by a WeightsError; no code runs."""
+    kind = rng.choice(["valid", "code", "code", "bytes"])
+    if kind == "valid":
+        edit, expect = (), ("loaded",)
+    elif kind == "code":
+        path = rng.choice([(), ("history",), ("sampler",), ("modules", "codec", "*"), ("recipe", "name"), ("extra",)])
+        edit, expect = (("set", path, EVIL if path != ("history",) else [{"steps": 1}, EVIL]),), ("WeightsError",)
+    else:
+        edit, expect = (rng.choice([("cut", (), rng.random()), ("flip", (), rng.getrandbits(32))]),), ("loaded",
+                                                                                                     "WeightsError")
+    return dict(variant=f"{kind}: {_describe(edit) or 'as saved'}", data=b"", base=None, edit=edit, expect=expect)
+
+
+def _describe(edit: tuple) -> str:
+    """`edit` in words, for the report."""
+    saved = {"cut": "cut at {:.3f} of the saved bytes", "flip": "8 bits of the saved bytes flipped (seed {})",
+             "junk": "random bytes as long as the saved ones (seed {})"}
+    return "; ".join(saved[op].format(value) if op in saved else f"{op} {'.'.join(map(str, path)) or 'the object'}"
+                     + ("" if value is None else f" = {value!r:.40}") for op, path, value in edit)
+
+
+# ---------------------------------------------------------------- the command line
+
+_DECODER = ("truncate", "bitflip", "header-bytes", "header-fields", "limits", "layer-count", "chunks", "payload",
+            "garbage", "trailing")  # the categories whose files `_cli` hands to the command line
+
+
+def _cli(rng, s: Sample, corpus):
+    """A damaged file of another category given to `compass info` or `extract` (commands that need no torch, so
+    cheap), from a file or through a pipe. Exit code and output must be what the API says of the same bytes."""
+    category = rng.choice(_DECODER)
+    data = bytes(CATEGORIES[category][0](rng, s, corpus)["data"])
+    fifo = rng.random() < 0.1
+    if rng.random() < 0.5:
+        try:
+            bitstream.read_header(data)
+            expect = (0,)
+        except CompassError:
+            expect = (2,)
+        return _command(f"info of {category}{' via a pipe' if fifo else ''}", ["info", "{in}"], data, expect,
+                        input="fifo" if fifo else "file")
+    layer = rng.randrange(3)
+    try:
+        out = bitstream.extract(data, layer)
+    except CompassError:
+        out = None
+    return _command(f"extract --layer {layer} of {category}{' via a pipe' if fifo else ''}",
+                    ["extract", "{in}", "--layer", str(layer), "-o", "out.cmp"], data, (2,) if out is None else (0,),
+                    input="fifo" if fifo else "file", checks=[("equals", "out.cmp", out)])
+
+
+def _command(variant: str, argv: list[str], data: bytes = b"", expect=(2,), **spec) -> dict:
+    """The fields of a "cli" case: `compass ARGV` run by `_run_cli` in a fresh folder, "{in}" the input written
+    there from `data` (as spec["input"] says: "file", "fifo", "none", "link:TARGET" or "sparse"), "{w}" the
+    weights of the case's model; `expect`: the exit codes allowed. Other keys: "name" (the input's file name),
+    "files" ({name: bytes} written first), "setup" ([(step, name)]: "mode600", "node", "fifo", "stale"),
+    "writes" (files a failing command may still write), "sigint" (seconds after torch is loaded), "closed"
+    (stdout's reader gone), "checks" (see `_run_cli`)."""
+    return dict(category="cli", variant=variant, data=data, base=None, cli={"argv": argv, "expect": expect, **spec})
+
+
+def _png(pixels) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+_RECIPE = """name = "fuzz"
+seed = 1
+[codec]
+N = 8
+M = 12
+levels = 3
+[liff]
+feat = 8
+blocks = 1
+convs = 2
+growth = 4
+hidden = [16, 16]
+[data]
+train = "photos"
+val_count = 1
+val_crop = 16
+[train]
+checkpoint_minutes = 0
+log_every = 1
+val_every = 1
+clip = 1.0
+aux_lr = 1e-3
+[stages.base]
+steps = 1
+batch = 1
+crop = 16
+lr = 1e-3
+"""
+
+
+def _seeds(corpus: list[Sample]) -> tuple[dict, ...]:
+    """The hostile inputs of issue 22, one case each (cases n .. n + len - 1 after the n cuts of the first file):
+    the command line and the loaders, where `make_case`'s random draws reach them rarely or not at all."""
+    return _seeds_of(corpus[0].model, corpus[0].data, corpus[2].data)
+
+
+@functools.lru_cache(maxsize=4)
+def _seeds_of(model: int, small_data: bytes, three_data: bytes) -> tuple[dict, ...]:
+    import pickle
+
+    small, three = _split(model, small_data), _split(model, three_data)  # a 32x24 file in 2 layers, 56x40 in 3
+    evil = pickle.dumps(_Evil("code-ran"))  # a plain pickle, which torch's full unpickler reads as a checkpoint
+    photos = {f"photos/{i}.png": _png(_image(24, 32, i + 10)) for i in range(3)}
+    png = _png(_image(40, 56, 3))
+    encode = ["encode", "{in}", "out.cmp", "--weights", "{w}", "--quiet"]
+    nothing = [("equals", "out.cmp", None)]
+    rest = b"".join(three.chunks)
+    head, check = small.data[:len(small.head) + len(small.chunks[0])], _parse_chunk(small.chunks[1])[0]
+    random_layer1 = head + raw_chunk(check, [bytes(range(37, 137)), bytes(range(200, 7, -3))])
+    damaged_top = three.data[:-1]
+    return (
+        # 1: code in a checkpoint left as RUN_DIR/checkpoint.pt for `train --resume`, in weights, and in a checkpoint
+        # for `train --init` (`history_of` and `load_module_state`, the "checkpoint" cases)
+        _command("train --resume, evil checkpoint.pt", ["train", "recipe.toml", "--run-dir", "run", "--resume"],
+                 input="none", files={"recipe.toml": _RECIPE.encode(), **photos, "run/checkpoint.pt": evil},
+                 checks=[("absent", "code-ran"), ("stderr", "refused")]),
+        dict(category="weights", variant="code: the whole object", data=b"", base=None, expect=("WeightsError",),
+             edit=(("set", (), EVIL),)),
+        dict(category="checkpoint", variant="code: in its history", data=b"", base=None, expect=("WeightsError",),
+             edit=(("set", ("history",), [EVIL]),)),
+        # 2: info of a truncated file, of a 4 GiB chunk length, of 16 layers declared with 3 chunks
+        _command("info of a file cut inside layer 1", ["info", "{in}"], three.data[:len(three.head) + len(
+            three.chunks[0]) + 5], (0,), checks=[("lines", 3)]),
+        _command("info of a 4 GiB chunk length", ["info", "{in}"], small.head + struct.pack(">II", 2**32 - 1, 0)
+                 + bytes(20), (0,), checks=[("lines", 2)]),
+        _command("info of 16 layers with 3 chunks", ["info", "{in}"],
+                 raw_header(three.name, three.model_id, three.layers + three.layers[-1:] * 13) + rest, (0,),
+                 checks=[("lines", 16)]),
+        # 3: endless or huge inputs
+        _command("info of /dev/zero", ["info", "{in}"], input="link:/dev/zero"),
+        _command("decode of /dev/zero", ["decode", "{in}", "-o", "out.png", "--weights", "{w}"],
+                 input="link:/dev/zero"),
+        _command("extract of /dev/urandom", ["extract", "{in}", "--layer", "0", "-o", "out.cmp"],
+                 input="link:/dev/urandom", checks=nothing),
+        _command("info of an 8 GiB sparse file", ["info", "{in}"], input="sparse"),
+        # 4, 5: outputs that are not regular files, or of mode 600
+        _command("extract onto a device node", ["extract", "{in}", "--layer", "0", "-o", "node"], small.data,
+                 setup=[("node", "node")], checks=[("special", "node")]),
+        _command("extract onto a FIFO", ["extract", "{in}", "--layer", "0", "-o", "fifo"], small.data,
+                 setup=[("fifo", "fifo")], checks=[("special", "fifo")]),
+        _command("extract over a file of mode 600", ["extract", "{in}", "--layer", "0", "-o", "out.cmp"], small.data,
+                 (0,), files={"out.cmp": b"old"}, setup=[("mode600", "out.cmp")],
+                 checks=[("mode", "out.cmp", 0o600), ("equals", "out.cmp", bitstream.extract(small.data, 0))]),
+        # 6: malformed weights and manifests
+        dict(category="weights", variant="missing: config", data=b"", base=None, expect=("WeightsError",),
+             edit=(("del", ("config",), None),)),
+        dict(category="weights", variant="config: N = 10**12", data=b"", base=None, expect=("WeightsError",),
+             edit=(("set", ("config", "codec", "N"), 10**12),)),
+        *[dict(category="manifest", variant=variant, data=data, base=None, expect=("WeightsError",))
+          for variant, data in (("no sha256", b'{"models": {"fuzz": {"file": "w.pt"}}}'),
+                                ("no models", b'{"fuzz": {}}'),
+                                ("file: null", b'{"models": {"fuzz": {"file": null, "sha256": "<sha256>"}}}'),
+                                ("a list", b'[{"file": "w.pt"}]'), ("invalid JSON", b'{"models": {fuzz: 1}}'))],
+        # 7, 8: layer plans and options that are no plan
+        _command("encode --layers ''", [*encode, "--layers", ""], png, name="in.png", checks=nothing),
+        _command("encode --layers=-0.5,1", [*encode, "--layers=-0.5,1"], png, name="in.png", checks=nothing),
+        _command("--threads -1", ["--threads", "-1", "info", "{in}"], small.data),
+        _command("encode --refine 1.5", [*encode, "--refine", "1.5"], png, name="in.png", checks=nothing),
+        # 9: an output name of 246 characters
+        _command("extract to a 246-character name", ["extract", "{in}", "--layer", "0", "-o", "n" * 242 + ".cmp"],
+                 small.data, (0,), checks=[("equals", "n" * 242 + ".cmp", bitstream.extract(small.data, 0))]),
+        # 10: input through a pipe
+        _command("encode from a pipe", encode, png, (0,), input="fifo", name="in.png", checks=[("compass", "out.cmp")]),
+        _command("info from a pipe", ["info", "{in}"], three.data, (0,), input="fifo", checks=[("lines", 3)]),
+        # 11: random bytes behind a valid chunk CRC
+        _command("decode of a random layer 1", ["decode", "{in}", "-o", "out.png", "--weights", "{w}"], random_layer1,
+                 checks=[("stderr", "layer 1: "), ("equals", "out.png", None)]),
+        # 12: a small file declaring 8192x8192 (a PNG declaring it: tests/test_cli.py)
+        _command("decode of a file declaring 8192x8192", ["decode", "{in}", "-o", "out.png", "--weights", "{w}"],
+                 raw_header(small.name, small.model_id, small.layers[:1] + [(8192, 8192, 0)]) + b"".join(small.chunks),
+                 checks=[("stderr", "over the limit"), ("equals", "out.png", None)]),
+        # 13: a temporary file left by a killed writer
+        _command("extract beside stale temporary files", ["extract", "{in}", "--layer", "1", "-o", "out.cmp"],
+                 small.data, (0,), setup=[("stale", ".compass-000000000000.tmp")],
+                 checks=[("absent", ".compass-000000000000.tmp"), ("exists", ".compass-111111111111.tmp")]),
+        # 14, 15: Ctrl-C; the reader of the output gone
+        _command("Ctrl-C during encode", [*encode, "--refine", "100000"], png, (130,), name="in.png", sigint=0.5,
+                 checks=[("stderr", "interrupted"), *nothing]),
+        _command("info | head -0", ["info", "{in}"], small.data, (141,), closed=True),
+        # 16: decode --all of a file whose layer 2 is damaged, over older outputs
+        _command("decode --all over older outputs", ["decode", "{in}", "--all", "-o", "o.png", "--weights", "{w}"],
+                 damaged_top, files={f"o_L{k}.png": b"older" for k in range(3)}, writes=["o_L0.png", "o_L1.png"],
+                 checks=[("absent", "o_L2.png"), ("stderr", "removed the older o_L2.png")]),
+    )
+
+
 CATEGORIES = {  # name: (generator, weight in a random draw)
     "truncate": (_truncate, 1),
     "bitflip": (_bitflip, 2),
@@ -393,21 +680,30 @@ CATEGORIES = {  # name: (generator, weight in a random draw)
     "model": (_model, 0.5),
     "garbage": (_garbage, 0.5),
     "trailing": (_trailing, 0.3),
+    "weights": (_weights_file, 0.15),
+    "manifest": (_manifest, 0.1),
+    "checkpoint": (_checkpoint, 0.1),
+    "cli": (_cli, 0.2),
 }
+LOADERS = ("weights", "manifest", "checkpoint")  # judged in the worker by `_run_loader`; "cli" by `_run_cli`
 
 
 def make_case(seed: int, index: int, corpus: list[Sample]) -> Case:
-    """Case `index` of `seed`: the first file cut at every byte (cases 0 .. its length - 1), then random draws."""
+    """Case `index` of `seed`: the first file cut at every byte (cases 0 .. its length - 1), the `_seeds`, then
+    random draws."""
     first = corpus[0].data
     if index < len(first):
         return Case(index, "truncate", f"every cut ({index} of {len(first)})", first[:index], corpus[0].model, 0,
                     expect=("error",))
+    seeds = _seeds(corpus)
+    if index < len(first) + len(seeds):
+        return Case(index, model=corpus[0].model, **seeds[index - len(first)])
     rng = random.Random(seed * 1_000_003 + index)
     names = list(CATEGORIES)
     category = rng.choices(names, [CATEGORIES[n][1] for n in names])[0]
     base = rng.choice([i for i, s in enumerate(corpus) if not s.big])
-    fields = {"base": base, **CATEGORIES[category][0](rng, corpus[base], corpus)}
-    return Case(index, category, data=bytes(fields.pop("data")), model=corpus[base].model, **fields)
+    fields = {"base": base, "category": category, **CATEGORIES[category][0](rng, corpus[base], corpus)}
+    return Case(index, data=bytes(fields.pop("data")), model=corpus[base].model, **fields)
 
 
 # ---------------------------------------------------------------- the worker
@@ -463,14 +759,21 @@ def encode_corpus(codecs: list) -> list[tuple[int, bytes]]:
 
 
 def _forge(codec, data: bytes) -> bytes:
-    """`data` with each chunk's decoder check set to what `codec` decodes from it (and chunk CRCs recomputed)."""
+    """`data` with each chunk's decoder check set to what `codec` decodes from it (and chunk CRCs recomputed), up
+    to the first chunk that does not decode: that one and those above keep their checks, for `layers` to refuse."""
+    from .entropy import CodingError
     from .scalable import LayerCode
 
     header, offset = bitstream.read_header(data, codec.max_pixels)
     chunks = bitstream.read_chunks(data, header, offset, len(header.layers) - 1)
     codes = [LayerCode(list(c.strings), c.check) for c in chunks]
     sizes, qs = [(l.height, l.width) for l in header.layers], [l.quality for l in header.layers]
-    checks = [check for _, check in codec.model.decompress_iter(codes, sizes, qs)]
+    checks = [c.check for c in chunks]
+    try:
+        for k, (_, check) in enumerate(codec.model.decompress_iter(codes, sizes, qs)):
+            checks[k] = check
+    except CodingError:
+        pass
     return bitstream.write(header, [bitstream.Chunk(c.strings, k) for c, k in zip(chunks, checks)], codec.max_pixels)
 
 
@@ -480,35 +783,26 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
 
     import numpy as np
 
-    from .api import OutOfMemory
-
     codec = codecs[case.model]
     codec.max_pixels = case.max_pixels
-    problems, got, message = [], [], ""
+    got = []
+    data = case.data
     reset_peak()
     rss0 = status_mb("VmRSS", 0.0)
     if case.traced:
         tracemalloc.start()
     start = time.process_time()
-    try:
-        data = _forge(codec, case.data) if case.forge else case.data
+
+    def decode():
+        nonlocal data
+        data = _forge(codec, data) if case.forge else data
         for img in codec.layers(data):
             got.append(img)
-        outcome = "decoded"
-    except OutOfMemory as e:  # a CompassError, but over the worker's memory budget
-        outcome, message = "memory", str(e)
-    except CompassError as e:
-        outcome, message = type(e).__name__, str(e)
-        if not message or "\n" in message:
-            problems.append(f"message is not one line: {message!r}")
-    except MemoryError as e:
-        outcome, message = "memory", f"MemoryError: {e}"
-    except BaseException as e:  # a Rust panic is a BaseException
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        outcome, message = "crash", f"{type(e).__name__}: {e}"
-        if "allocate" in message or "out of memory" in message:
-            outcome = "memory"
+
+    outcome, message, problems = _attempt(decode)
+    outcome = "decoded" if outcome == "ok" else outcome
+    if outcome in _LAYER_ERRORS and not message.startswith("layer "):
+        problems.append("the message does not name the damaged layer")
     seconds = time.process_time() - start
     if case.traced:
         allocated = tracemalloc.get_traced_memory()[1]
@@ -541,6 +835,32 @@ def _run(case: Case, codecs: list, refs: list) -> dict:
             "seconds": seconds, "rss_growth_mb": peak - rss0, "peak_mb": peak, "problems": problems}
 
 
+_LAYER_ERRORS = ("ChunkError", "ChunkCRCMismatch", "TruncatedChunk", "CodingError", "DecodeMismatch")
+
+
+def _attempt(call) -> tuple[str, str, list[str]]:
+    """Run `call()`: ("ok", "", []), or what it raised: a CompassError's class name, "memory" or "crash"; the
+    message; and a problem when a CompassError's message is not one line."""
+    from .api import OutOfMemory
+
+    try:
+        call()
+        return "ok", "", []
+    except OutOfMemory as e:  # a CompassError, but over the worker's memory budget
+        return "memory", str(e), []
+    except CompassError as e:
+        message = str(e)
+        return type(e).__name__, message, [] if message and "\n" not in message else [f"message is not one line: "
+                                                                                       f"{message!r}"]
+    except MemoryError as e:
+        return "memory", f"MemoryError: {e}", []
+    except BaseException as e:  # a Rust panic is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        message = f"{type(e).__name__}: {e}"
+        return "memory" if "allocate" in message or "out of memory" in message else "crash", message, []
+
+
 def _worker(conn, specs: list[str], workdir: str, memory_mb: int) -> None:
     """Load the models, encode the corpus, decode it for reference, then judge the cases sent until None."""
     import resource
@@ -548,12 +868,16 @@ def _worker(conn, specs: list[str], workdir: str, memory_mb: int) -> None:
     import torch
 
     from .api import Compass
+    from .weights import load_weights, resolve
 
     torch.set_num_threads(1)
     try:
-        codecs = [Compass(_weights(spec, workdir)) for spec in specs]
+        models = [_weights(spec, workdir) for spec in specs]
+        codecs = [Compass(m) for m in models]
         corpus = encode_corpus(codecs)
         refs = [codecs[m].decode_all(data) for m, data in corpus]
+        objects = [{k: v for k, v in load_weights(m)[0].items() if k != "source"} for m in models]
+        files = [resolve(m)[0] for m in models]
     except Exception as e:
         conn.send({"error": f"{type(e).__name__}: {e}"})
         return
@@ -563,7 +887,133 @@ def _worker(conn, specs: list[str], workdir: str, memory_mb: int) -> None:
     conn.send({"corpus": corpus, "models": [f"{c.name} ({c.model_id.hex()})" for c in codecs],
                "rss_mb": status_mb("VmRSS", 0.0)})
     while (case := conn.recv()) is not None:
-        conn.send(_run(case, codecs, refs))
+        if case.category in LOADERS:
+            with tempfile.TemporaryDirectory(dir=workdir) as folder:
+                conn.send(_run_loader(case, objects[case.model], files[case.model], Path(folder)))
+        else:
+            conn.send(_run(case, codecs, refs))
+
+
+class _Evil:
+    """Unpickling this runs code: it creates the file `marker` (what a hostile weights file or checkpoint does)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _edited(obj, edit: tuple, marker: str):
+    """A copy of `obj` (a weights object or checkpoint) changed by the ("set" | "add" | "del" | "whole", path,
+    value) steps of `edit`; "*" in a path is the first key there, `EVIL` an `_Evil`, "<tensor>" a small tensor."""
+    import copy
+
+    import torch
+
+    def value_of(v):
+        if isinstance(v, list):
+            return [value_of(x) for x in v]
+        return _Evil(marker) if v == EVIL else torch.zeros(3) if v == "<tensor>" else v
+
+    obj = copy.deepcopy(obj)
+    for op, path, value in edit:
+        if op not in ("set", "add", "del", "whole"):
+            continue  # byte damage, after saving
+        if op == "whole" or not path:
+            obj = value_of(value)
+            continue
+        node = obj
+        for key in path[:-1]:
+            node = node[sorted(node)[0] if key == "*" else key]
+        key = sorted(node)[0] if path[-1] == "*" else path[-1]
+        if op == "del":
+            del node[key]
+        else:
+            node[key] = node[key] + value if op == "add" else value_of(value)
+    return obj
+
+
+def _saved(obj, edit: tuple, path: Path) -> None:
+    """torch.save `obj` to `path`, then apply the byte damage of `edit` ("cut" at a fraction, "flip" 8 bits,
+    "junk": as many random bytes, each seeded by its value)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    for op, _, value in edit:
+        if op == "cut":
+            data = data[:int(len(data) * value)]
+        elif op == "flip":
+            data = _flip(random.Random(value), data, 8)
+        elif op == "junk":
+            data = random.Random(value).randbytes(len(data))
+    path.write_bytes(data)
+
+
+def _checkpoint_of(weights: dict) -> dict:
+    """A training checkpoint as `compass.train.loop` saves it, holding `weights`' base codec."""
+    import numpy as np
+    import torch
+
+    return {"format": "compass-checkpoint/1", "recipe": {"name": "fuzz"}, "stage": "base", "step": 7,
+            "elapsed_s": 1.5, "modules": {"codec": weights["state"]["base"]},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}, "aux_optimizer": None,
+            "sampler": [np.random.default_rng(7).bit_generator.state], "generator": torch.Generator().get_state(),
+            "torch_rng": torch.get_rng_state(), "init_from": None, "sources": {}, "history": [], "device": "cpu"}
+
+
+def _run_loader(case: Case, base: dict, weights_file: Path, folder: Path) -> dict:
+    """Judge one loader case in `folder`: `Compass` on an edited weights file or through a manifest, or the
+    checkpoint loaders on an edited checkpoint. Never raises."""
+    from . import weights
+    from .api import Compass
+    from .train.loop import history_of
+    from .train.stages import load_module_state
+
+    marker = folder / "code-ran"
+    path = folder / ("manifest.json" if case.category == "manifest" else "w.pt")
+    if case.category == "manifest":
+        digest = weights.sha256_file(weights_file)
+        path.write_bytes(case.data.replace(b"<sha256>", digest.encode()).replace(b"<SHA256>", digest.upper().encode()))
+        (folder / "w.pt").symlink_to(weights_file)
+        saved = weights.PRETRAINED_DIR, weights.MANIFEST
+        weights.PRETRAINED_DIR, weights.MANIFEST = folder, path
+
+        def load():
+            try:
+                Compass("fuzz")
+            finally:
+                weights.PRETRAINED_DIR, weights.MANIFEST = saved
+    else:
+        obj = _checkpoint_of(base) if case.category == "checkpoint" else base
+        _saved(_edited(obj, case.edit, str(marker)), case.edit, path)
+
+        def load():
+            if case.category == "checkpoint":
+                history_of(path)
+                load_module_state(path, "codec")
+            else:
+                Compass(path)
+
+    reset_peak()
+    rss0 = status_mb("VmRSS", 0.0)
+    start = time.process_time()
+    outcome, message, problems = _attempt(load)
+    seconds = time.process_time() - start
+    outcome = "loaded" if outcome == "ok" else outcome
+    if marker.exists():
+        problems.append("loading ran code from the file")
+    if outcome == "WeightsError" and str(folder) not in message:
+        problems.append("the message does not name the file")
+    if case.expect and outcome not in FAILURES and outcome not in case.expect:
+        problems.append(f"expected {' or '.join(case.expect)}")
+    peak = status_mb("VmHWM", 0.0)
+    return {"outcome": outcome, "message": " ".join(message.split())[:300], "layers": 0, "seconds": seconds,
+            "rss_growth_mb": peak - rss0, "peak_mb": peak, "problems": problems}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -641,6 +1091,206 @@ class _Pool:
             self.proc = None
 
 
+# ---------------------------------------------------------------- the command line, run
+
+_NOTE = re.compile(r"compass \w+: (warning: |decoding layer )")  # stderr lines that are not the error
+
+
+def _run_cli(case: Case, workdir: str, weights: str, timeout: float, memory_mb: int) -> dict:
+    """Run `compass` as a subprocess on `case.cli` in a fresh folder and judge it; never raises.
+
+    It fails when it hangs (`timeout` * 3 CPU seconds, or 30 times that in wall time) or its peak RSS passes
+    `memory_mb`; when the exit code is not one of those expected; when stderr holds anything but compass's own
+    lines (a traceback), or not exactly one error line on exit 2 or 130 (none otherwise); when it leaves a
+    temporary file; when a failed command changed any file; or when a check of spec["checks"] fails: ("lines",
+    n) `info` printed n layers; ("stderr", text) in its error; ("equals", name, bytes or None) the file holds
+    that or does not exist; ("absent" | "exists", name); ("mode", name, bits); ("special", name) the node or FIFO
+    is still one; ("compass", name) a readable compass file.
+    """
+    spec = case.cli
+    with tempfile.TemporaryDirectory(dir=workdir) as d, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:
+        folder = Path(d)
+        src = folder / spec.get("name", "in.cmp")
+        how = spec.get("input", "file")
+        if how == "file":
+            src.write_bytes(case.data)
+        elif how == "fifo":
+            os.mkfifo(src)
+        elif how.startswith("link:"):
+            src.symlink_to(how[5:])
+        elif how == "sparse":
+            with open(src, "wb") as f:
+                f.truncate(8 << 30)
+        for name, data in spec.get("files", {}).items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        _setup(folder, spec.get("setup", ()))
+        before = _snapshot(folder)
+        argv = [a.format_map({"in": src.name, "w": str(weights)}) for a in spec["argv"]]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.Popen([sys.executable, "-m", "compass", *argv], cwd=folder, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if spec.get("closed") else out,
+                                stderr=err)
+        _limit_memory(proc.pid, (memory_mb + 2048) << 20)  # address space: torch reserves more than it touches
+        if spec.get("closed"):
+            proc.stdout.close()
+        if how == "fifo":
+            threading.Thread(target=_feed, args=(src, case.data, proc), daemon=True).start()
+        code, seconds, rss = _wait(proc, 3 * timeout, spec.get("sigint"))
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        problems = _judge_cli(spec, folder, before, code, stdout, stderr)
+    outcome = "hang" if code is None else "memory" if rss > memory_mb else f"exit {code}"
+    last = stderr.strip().splitlines()[-1:] or [""]
+    return {"outcome": outcome, "message": " ".join(last[0].split())[:300], "layers": 0, "seconds": seconds,
+            "rss_growth_mb": rss, "peak_mb": 0.0, "problems": problems}
+
+
+def _setup(folder: Path, steps) -> None:
+    """The special files a "cli" case needs: a device node (a copy of /dev/null; a FIFO where we may not make
+    one), a FIFO, a file of mode 600, an old and a fresh temporary file of `atomic_write`'s."""
+    for step, name in steps:
+        path = folder / name
+        if step == "node":
+            try:
+                os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            except PermissionError:
+                os.mkfifo(path)
+        elif step == "fifo":
+            os.mkfifo(path)
+        elif step == "mode600":
+            os.chmod(path, 0o600)
+        elif step == "stale":
+            path.write_bytes(b"left by a killed writer")
+            os.utime(path, (time.time() - 2 * limits.STALE_TEMP_SECONDS,) * 2)
+            (folder / ".compass-111111111111.tmp").write_bytes(b"being written")
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file under `folder` (links and special files too, not followed; not folders) with its kind and inode,
+    and for regular files its size and modification time: any write or replacement shows (a FIFO's times move
+    as it is read)."""
+    return {p.relative_to(folder): (st.st_mode, st.st_ino) + ((st.st_size, st.st_mtime_ns) if stat.S_ISREG(
+        st.st_mode) else ()) for p in folder.rglob("*") if not stat.S_ISDIR((st := p.lstat()).st_mode)}
+
+
+def _limit_memory(pid: int, limit: int) -> None:
+    """Set process `pid`'s address-space limit (a guard for the machine: the verdict is on its peak RSS)."""
+    import resource
+
+    with contextlib.suppress(OSError):  # it has ended already
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+
+
+def _feed(fifo: Path, data: bytes, proc) -> None:
+    """Write `data` into `fifo` once `proc` opens it for reading (it may exit first: then nothing is written).
+    `_wait` alone reaps `proc` (and sets its return code): a poll here could take its exit status away."""
+    while proc.returncode is None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no reader yet
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+        except OSError:
+            pass  # the reader stopped reading
+        return
+
+
+def _wait(proc, cpu_limit: float, interrupt: float | None) -> tuple[int | None, float, float]:
+    """(exit code, CPU seconds, peak RSS in MiB) of `proc`; exit code None when it ran past `cpu_limit` CPU
+    seconds (or 30 times that in wall time) and was killed. `interrupt`: send SIGINT that many seconds after the
+    process mapped torch (it is then inside `compass.cli.main`).
+
+    Exit codes are what a shell reports: 128 + N for a death by signal N. Python ends by SIGINT even after
+    `main` handled the KeyboardInterrupt (exit 130) when the interrupt came while C code ran Python code (say,
+    inside torch's import): either way a shell sees 130.
+    """
+    import signal
+
+    wall0, loaded = time.monotonic(), None
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+            return code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        if interrupt is not None:
+            if loaded is None and "libtorch" in _read_text(f"/proc/{proc.pid}/maps"):
+                loaded = time.monotonic()
+            if loaded is not None and time.monotonic() - loaded >= interrupt:
+                proc.send_signal(signal.SIGINT)
+                interrupt = None
+        if _cpu_seconds(proc.pid) > cpu_limit or time.monotonic() - wall0 > 30 * cpu_limit:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return None, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        time.sleep(0.01)
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _judge_cli(spec: dict, folder: Path, before: dict, code: int | None, stdout: str, stderr: str) -> list[str]:
+    problems = []
+    if code is not None and code not in spec["expect"]:
+        problems.append(f"exit code {code}, expected {' or '.join(map(str, spec['expect']))}")
+    lines = stderr.splitlines()
+    errors = [line for line in lines if not _NOTE.match(line)]
+    if "Traceback" in stderr or not all(line.startswith("compass") for line in lines):
+        problems.append(f"stderr is not compass's one-line messages: {stderr[-300:]!r}")
+    elif len(errors) != (code in (2, 130)):
+        problems.append(f"{len(errors)} error lines on exit {code}")
+    after = _snapshot(folder)
+    new = [p for p in after if p not in before and TEMPORARY.fullmatch(p.name)]
+    if new:
+        problems.append(f"temporary file left: {new[0]}")
+    may_change = {Path(c[1]) for c in spec.get("checks", ()) if c[0] == "absent"}
+    may_change |= set(map(Path, spec.get("writes", ())))
+    if code != 0 and {p: v for p, v in after.items() if p not in may_change} != {
+            p: v for p, v in before.items() if p not in may_change}:
+        problems.append("a failed command changed files")
+    for check, name, *arg in spec.get("checks", ()):
+        problem = _check(check, folder, name, arg, stdout, stderr)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _check(check: str, folder: Path, name, arg: list, stdout: str, stderr: str) -> str | None:
+    """What is wrong with the outcome of a "cli" case by one of its checks (see `_run_cli`), or None."""
+    path = folder / name if isinstance(name, str) else folder
+    if check == "lines":
+        found = sum(line.startswith("  layer ") for line in stdout.splitlines())
+        return None if found == name else f"info printed {found} layers, not {name}"
+    if check == "stderr":
+        return None if name in stderr else f"stderr lacks {name!r}"
+    if check == "equals":
+        got = path.read_bytes() if path.is_file() else None
+        return None if got == arg[0] else f"{name} is not what the API writes"
+    if check in ("absent", "exists"):
+        there = os.path.lexists(path)
+        return None if there == (check == "exists") else f"{name} is {'' if there else 'not '}there"
+    if check == "mode":
+        return None if stat.S_IMODE(path.stat().st_mode) == arg[0] else f"{name} has mode {path.stat().st_mode:o}"
+    if check == "special":
+        return None if not stat.S_ISREG(path.lstat().st_mode) else f"{name} was replaced by a regular file"
+    try:  # "compass"
+        bitstream.read_header(path.read_bytes())
+        return None
+    except (OSError, CompassError) as e:
+        return f"{name} is not a compass file ({e})"
+
+
 # ---------------------------------------------------------------- running and reporting
 
 @dataclass
@@ -656,6 +1306,20 @@ class Report:
     baseline_mb: float = 0.0
     peak_mb: float = 0.0
     details: list = field(default_factory=list)
+
+    def add(self, case: Case, res: dict, detailed: bool = False) -> None:
+        """Count the verdict `res` on `case`; list it if it failed, or in any case if `detailed`."""
+        self.counts[case.category][res["outcome"]] += 1
+        self.slowest[case.category] = max(self.slowest[case.category], res["seconds"])
+        self.growth[case.category] = max(self.growth[case.category], res["rss_growth_mb"])
+        self.cpu_seconds += res["seconds"]
+        self.peak_mb = max(self.peak_mb, res["peak_mb"])
+        if res["problems"] or res["outcome"] in FAILURES:
+            self.failures.append({"index": case.index, "category": case.category, "variant": case.variant, **res})
+        if detailed:
+            self.details.append((case.index, f"case {case.index} [{case.category}: {case.variant}] model {case.model}, "
+                                             f"{len(case.data)} bytes -> {res['outcome']} after {res['layers']} "
+                                             f"layer(s), {res['seconds']:.3f} s: {res['message']}"))
 
     @property
     def cases(self) -> int:
@@ -690,11 +1354,11 @@ class Report:
                  f"{self.seconds:.0f} s wall, {self.cpu_seconds:.0f} s CPU in cases; worker peak RSS "
                  f"{self.peak_mb:.0f} MiB (after loading {self.baseline_mb:.0f} MiB)"]
         lines += [f"{len(self.failures)} failing case(s)" if self.failures else "no failing case"]
-        for f in self.failures[:100]:
+        for f in sorted(self.failures, key=lambda f: f["index"])[:100]:
             lines.append(f"  case {f['index']} [{f['category']}: {f['variant']}] {f['outcome']}: "
                          f"{'; '.join(f['problems']) or f['message']} -- reproduce: compass fuzz --seed {self.seed} "
                          f"--only {f['index']}")
-        lines += self.details
+        lines += [text for _, text in sorted(self.details)]
         return "\n".join(lines)
 
 
@@ -718,23 +1382,20 @@ def run(cases: int = 2000, seed: int = 0, models: list[str] | None = None, timeo
             corpus = [_split(m, data) for m, data in info["corpus"]]
             report = Report(seed, info["models"], baseline_mb=info["rss_mb"])
             start = time.perf_counter()
-            for i in (only if only is not None else range(cases)):
-                case = make_case(seed, i, corpus)
-                res = pool.run(case, timeout)
-                report.counts[case.category][res["outcome"]] += 1
-                report.slowest[case.category] = max(report.slowest[case.category], res["seconds"])
-                report.growth[case.category] = max(report.growth[case.category], res["rss_growth_mb"])
-                report.cpu_seconds += res["seconds"]
-                report.peak_mb = max(report.peak_mb, res["peak_mb"])
-                if res["problems"] or res["outcome"] in FAILURES:
-                    report.failures.append({"index": i, "category": case.category, "variant": case.variant, **res})
-                if only is not None:
-                    report.details.append(f"case {i} [{case.category}: {case.variant}] model {case.model}, "
-                                          f"{len(case.data)} bytes -> {res['outcome']} after {res['layers']} "
-                                          f"layer(s), {res['seconds']:.3f} s: {res['message']}")
-                if progress and (i + 1) % progress == 0:
-                    print(f"compass fuzz: {i + 1} cases, {len(report.failures)} failing, "
-                          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            with ThreadPoolExecutor(1) as cli:  # command lines run beside the worker: they wait on subprocesses
+                pending = []
+                for i in (only if only is not None else range(cases)):
+                    case = make_case(seed, i, corpus)
+                    if case.category == "cli":
+                        weights = _weights(models[case.model], workdir)
+                        pending.append((case, cli.submit(_run_cli, case, workdir, weights, timeout, memory_mb)))
+                    else:
+                        report.add(case, pool.run(case, timeout), only is not None)
+                    if progress and (i + 1) % progress == 0:
+                        print(f"compass fuzz: {i + 1} cases, {len(report.failures)} failing, "
+                              f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+                for case, verdict in pending:
+                    report.add(case, verdict.result(), only is not None)
             report.seconds = time.perf_counter() - start
         finally:
             pool.stop()
@@ -742,7 +1403,10 @@ def run(cases: int = 2000, seed: int = 0, models: list[str] | None = None, timeo
 
 
 def _registered(name: str) -> bool:
-    import json
-
+    """Whether the shipped manifest registers `name` (read here: `weights` needs torch; a manifest it cannot
+    read registers nothing, and `Compass` says what is wrong with it)."""
     manifest = Path(__file__).resolve().parent / "pretrained" / "manifest.json"
-    return manifest.exists() and name in json.loads(manifest.read_text()).get("models", {})
+    try:
+        return name in json.loads(manifest.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

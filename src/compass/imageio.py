@@ -24,11 +24,12 @@ Reading (`load_image`) gives upright 8-bit RGB:
   is an sRGB one.
 - Refused with `ImageError`, a one-line message naming the file: a missing file, a directory, an empty
   file, a file that is not an image in a supported format (or whose header is damaged), damaged or truncated
-  pixel data, an unsupported colour mode, and an image above `max_pixels` pixels (default
-  `DEFAULT_MAX_PIXELS`, 2**26: 8192 x 8192, more than 8K UHD). The limit is checked on the size in the
-  header, before any pixel is decoded; Pillow's own decompression-bomb limit (2 * PIL.Image.MAX_IMAGE_PIXELS,
-  about 179 MP) still applies above it. A file whose pixel data is complete but whose trailer is missing
-  (PNG IEND, GIF trailer) is accepted, as Pillow does.
+  pixel data, an unsupported colour mode, a device (/dev/zero...), a pipe or stream longer than such an image
+  could be (`limits.image_bytes_limit`), and an image above `max_pixels` pixels (default `limits.MAX_PIXELS`,
+  2**26: 8192 x 8192, more than 8K UHD). The limit is checked on the size in the header, before any pixel is
+  decoded; Pillow's own decompression-bomb limit (2 * PIL.Image.MAX_IMAGE_PIXELS, about 179 MP) still applies
+  above it. A file whose pixel data is complete but whose trailer is missing (PNG IEND, GIF trailer) is
+  accepted, as Pillow does. A pipe (`<(cat x.png)`, stdin) is read into memory first, since Pillow seeks.
 - Pillow's setting that accepts truncated files (ImageFile.LOAD_TRUNCATED_IMAGES) is forced off for the
   call and restored after; Pillow's warnings on the file are returned with the others.
 
@@ -46,6 +47,7 @@ import io
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -54,12 +56,12 @@ import torch
 from PIL import Image, ImageFile
 
 from .errors import CompassError
-from .fileutil import atomic_write, atomic_write_bytes, same_file
+from .fileutil import atomic_write, open_input, read_upto
+from .limits import MAX_PIXELS, image_bytes_limit
 
-__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageError", "LoadedImage", "from_pil", "load_image", "save_image", "to_tensor",
-           "to_pixels", "atomic_write_bytes", "same_file"]  # the last two are fileutil's, here for the CLI
+__all__ = ["FORMATS", "ImageError", "LoadedImage", "from_pil", "load_image", "save_image", "save_layers", "to_tensor",
+           "to_pixels"]
 
-DEFAULT_MAX_PIXELS = 2**26
 FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 _SAVE_FORMATS = {"": "PNG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _SAVE_OPTIONS = {"WEBP": {"lossless": True}}
@@ -103,7 +105,7 @@ class LoadedImage:
     source_format: str
 
 
-def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read an image file (a path, or a binary file object read from its start) by the module docstring's rules.
 
     Warnings are returned rather than issued through the `warnings` module, which would show a repeated
@@ -113,7 +115,7 @@ def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_M
         name = os.fsdecode(source)
     else:
         name = str(getattr(source, "name", "<stream>"))
-    with _input(source, name) as fp:
+    with _input(source, name, max_pixels) as fp:
         if not fp.read(1):
             raise ImageError(f"{name}: empty file")
         notes: list[str] = []
@@ -125,7 +127,7 @@ def load_image(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_M
     return LoadedImage(pixels, notes, mode, fmt)
 
 
-def from_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def from_pil(image: Image.Image, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """A PIL image by the rules files are read by (orientation, alpha, 16-bit, limits). One still tied to its
     file (opened, not yet loaded) gives its 16-bit samples as a file would; a loaded one has what Pillow kept."""
     filename, unloaded = getattr(image, "filename", ""), bool(getattr(image, "tile", None))
@@ -172,6 +174,33 @@ def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: image.save(f, fmt, **_SAVE_OPTIONS.get(fmt, {})), error=ImageError)
 
 
+def save_layers(layers: Iterable[np.ndarray], paths: Sequence[str | os.PathLike],
+                saved: Callable[[int, np.ndarray, str | os.PathLike], object] | None = None) -> None:
+    """Write the k-th image of `layers` to `paths[k]` by `save_image`, calling `saved(k, image, path)` after each.
+
+    When `layers` stops with an error (a damaged layer), files still at the paths not written are an earlier
+    run's outputs that do not belong with the new ones: they are removed, and the error is raised again with a
+    message that says so.
+    """
+    done = 0
+    try:
+        for path, image in zip(paths, layers):
+            save_image(image, path)
+            done += 1
+            if saved is not None:
+                saved(done - 1, image, path)
+    except CompassError as e:
+        removed = []
+        for path in paths[done:]:
+            if os.path.isfile(path) and not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed.append(os.fsdecode(path))
+        if removed:
+            raise CompassError(f"{e}; removed the older {', '.join(removed)}") from e
+        raise
+
+
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1], v / 255."""
     _check_pixels(pixels)
@@ -209,24 +238,19 @@ def _check_pixels(pixels: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def _input(source, name: str):
-    """The source as a seekable binary file, opened (and closed) here when it is a path."""
-    if not isinstance(source, (str, bytes, os.PathLike)):
+def _input(source, name: str, max_pixels: int):
+    """The source as a binary file read from its start: a path is opened (and closed) here; a pipe, or a file
+    object that cannot seek, is read into memory, up to what an image of `max_pixels` pixels may take."""
+    with open_input(source, ImageError) as fp:
         try:
-            source.seek(0)
+            fp.seek(0)
         except (AttributeError, OSError):
-            source = io.BytesIO(source.read())
-        yield source
-        return
-    try:
-        fp = open(source, "rb")
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image file") from None
-    except OSError as e:
-        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
-    with fp:
+            limit = image_bytes_limit(max_pixels)
+            data = read_upto(fp, limit + 1)
+            if len(data) > limit:
+                raise ImageError(f"{name}: a pipe or stream of more than {limit} bytes, more than an image of "
+                                 f"{max_pixels} pixels takes") from None
+            fp = io.BytesIO(data)
         yield fp
 
 
@@ -245,11 +269,13 @@ def _strict_pillow(notes: list[str]):
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _convert(im: Image.Image, fp: BinaryIO | None, name: str, max_pixels: int, notes: list[str]) -> tuple[np.ndarray, str]:
+def _convert(im: Image.Image, fp: BinaryIO | None, name: str, max_pixels: int,
+             notes: list[str]) -> tuple[np.ndarray, str]:
     """RGB uint8 pixels and the source mode of an opened image; `fp`, its file, lets 16-bit samples be read."""
     width, height = im.size
     if width * height > max_pixels:
-        raise ImageError(f"{name}: {width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
+        raise ImageError(f"{name}: {width}x{height} is {width * height} pixels, above the limit of {max_pixels} "
+                         f"(max_pixels, or --max-pixels)")
     if getattr(im, "is_animated", False):
         notes.append("several frames (animation or pages); only the first is read")
         im.seek(0)

@@ -8,18 +8,26 @@ tables and the network that uses them always agree.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .bitstream import valid_model_name
 from .codec import CodecConfig, MeanScaleHyperprior
 from .errors import CompassError
+from .fileutil import open_input
 from .liff import LIFF, LiffConfig
+from .limits import MAX_HIDDEN_LAYERS, MODEL_CONFIG_MAX
 from .scalable import ScalableCodec
 
 WEIGHTS_FORMAT = "compass-weights/1"
@@ -28,24 +36,38 @@ MANIFEST = PRETRAINED_DIR / "manifest.json"
 
 
 class WeightsError(CompassError):
-    """A weights file is missing, damaged, of an unknown format, or fails its sha256 check."""
+    """A weights file, checkpoint or manifest is missing, damaged, malformed or of an unknown format, or weights
+    fail their sha256 check. The message names the file."""
 
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_input(path, WeightsError) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def manifest(path: Path | None = None) -> dict:
-    """The manifest of shipped weights (or of the folder `path` names): {"models": {name: entry}}."""
+    """The manifest of shipped weights (or the one at `path`): {"models": {name: entry}}, every entry with a "file"
+    beside the manifest and its "sha256". Anything else is a WeightsError naming the manifest."""
     path = MANIFEST if path is None else path
     if not path.exists():
         return {"models": {}}
-    with open(path) as f:
-        return json.load(f)
+    with open_input(path, WeightsError) as f:
+        try:
+            man = json.loads(f.read())
+        except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError
+            raise WeightsError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from None
+    if not (isinstance(man, dict) and isinstance(man.get("models"), dict)):
+        raise WeightsError(f'{path}: not a manifest (expected {{"models": {{NAME: {{"file": ..., "sha256": ...}}}}}})')
+    for name, entry in man["models"].items():
+        file, digest = (entry.get("file"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(file, str) and file not in ("", ".", "..") and file == os.path.basename(file)):
+            raise WeightsError(f"{path}: model {name!r} needs a 'file' naming a file beside the manifest, got {file!r}")
+        if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+            raise WeightsError(f"{path}: model {name!r} needs a 'sha256' of 64 hex digits, got {digest!r}")
+    return man
 
 
 def registered() -> list[str]:
@@ -99,13 +121,29 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
     return sha256_file(path)
 
 
+def safe_load(path: str | Path, map_location="cpu"):
+    """torch.load of a weights file or a training checkpoint, restricted to tensors and plain data (weights_only):
+    a forged file cannot run code when loaded. Anything else is a WeightsError naming the file."""
+    with open_input(path, WeightsError) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on foreign files: what is wrong is said below, in one line
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise WeightsError(f"cannot read {path}: damaged ({' '.join(str(e).split())[:200]})") from None
+            raise WeightsError(f"{path} holds Python objects other than tensors and plain data, which loading "
+                               f"could run as code: refused (compass weights and checkpoints hold none)") from None
+        except Exception as e:  # a damaged or foreign file fails in many ways inside torch
+            raise WeightsError(f"cannot read {path}: damaged or not a torch file ({type(e).__name__})") from None
+
+
 def state_from_weights(obj: dict, module: str) -> dict:
     """fp32 state dict of one module of a loaded weights object."""
     alias = {"codec": "base"}
     try:
         state = obj["state"][module if module in obj["state"] else alias.get(module, module)]
     except KeyError:
-        raise WeightsError(f"weights {obj.get('name')!r} have no module {module!r}") from None
+        raise WeightsError(f"weights file {obj.get('source', obj.get('name'))} has no module {module!r}") from None
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
@@ -118,18 +156,27 @@ def _file_sha(model: str) -> str:
 
 
 def _attach_base(obj: dict, path: Path) -> None:
-    """Put the base a file refers to (`base_from`) into its state, checking the referenced file's sha256."""
-    ref = obj.pop("base_from", None)
-    if ref is None:
+    """Put the base a file refers to (`base_from`: a registered model and its file's sha256) into its state. The
+    referenced file must have that sha256 and hold a base of its own (references do not chain)."""
+    if "base_from" not in obj:
         return
-    try:
-        base_path, expected = resolve(ref["model"])
-    except WeightsError:
-        raise WeightsError(f"{path} refers to base model {ref['model']!r}, which is not installed") from None
-    if expected != ref["sha256"]:
-        raise WeightsError(f"{path} refers to base model {ref['model']!r} with sha256 {ref['sha256'][:16]}..., but "
-                           f"the installed one has {str(expected)[:16]}...: reinstall compass")
-    obj["state"]["base"] = load_weights(ref["model"])[0]["state"]["base"]
+    ref = obj.pop("base_from")
+    name, sha = (ref.get("model"), ref.get("sha256")) if isinstance(ref, dict) else (None, None)
+    if not (isinstance(name, str) and isinstance(sha, str)):
+        raise WeightsError(f"weights file {path}: base_from must name a registered model and its sha256")
+    entry = manifest()["models"].get(name)
+    if entry is None:
+        raise WeightsError(f"{path} refers to base model {name!r}, which is not installed")
+    if entry["sha256"] != sha:
+        raise WeightsError(f"{path} refers to base model {name!r} with sha256 {sha[:16]}..., but the installed one "
+                           f"has {entry['sha256'][:16]}...: reinstall compass")
+    base, _ = _read(PRETRAINED_DIR / entry["file"], sha)
+    state = base.get("state")
+    if "base_from" in base or not (isinstance(state, dict) and "base" in state):
+        raise WeightsError(f"{path} refers to base model {name!r}, which holds no base of its own")
+    if not isinstance(obj.get("state"), dict):
+        raise WeightsError(f"weights file {path}: its state must map module names to tensors")
+    obj["state"]["base"] = state["base"]
 
 
 def resolve(model: str | Path) -> tuple[Path, str | None]:
@@ -150,6 +197,19 @@ def load_weights(model: str | Path) -> tuple[dict, str]:
     without changing its weights (the base moved out to a reference) the manifest's `id`, the sha256 it first
     shipped with, which the files it wrote carry."""
     path, expected = resolve(model)
+    obj, digest = _read(path, expected)
+    _attach_base(obj, path)
+    try:
+        _check_weights(obj)
+    except ValueError as e:
+        raise WeightsError(f"weights file {path}: {e}") from None
+    entry = manifest()["models"].get(str(model)) if expected is not None else None
+    return {**obj, "source": str(path)}, (entry or {}).get("id", digest)
+
+
+def _read(path: Path, expected: str | None) -> tuple[dict, str]:
+    """The weights object of a file and the file's sha256, after the sha256 check (`expected`, for a registered
+    file) and the format check."""
     if not path.exists():
         raise WeightsError(f"weights file {path} is missing; restore it with `git checkout -- {path.name}` "
                            f"in {path.parent} (or reinstall compass)")
@@ -157,21 +217,78 @@ def load_weights(model: str | Path) -> tuple[dict, str]:
     if expected is not None and digest != expected:
         raise WeightsError(f"weights file {path} fails its sha256 check (damaged or modified); restore it with "
                            f"`git checkout -- {path}` or reinstall compass")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling failure means the same thing to the user
-        raise WeightsError(f"cannot read weights file {path}: {e.__class__.__name__}") from None
+    obj = safe_load(path)
     if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a compass weights file (format {WEIGHTS_FORMAT})")
-    _attach_base(obj, path)
-    entry = manifest()["models"].get(str(model)) if expected is not None else None
-    return obj, (entry or {}).get("id", digest)
+    return obj, digest
+
+
+def _check_weights(obj: dict) -> None:
+    """Raise ValueError saying what is wrong unless `obj` has a name a file header can hold, modules of tensors,
+    and configs within `limits.MODEL_CONFIG_MAX` for every model it holds (a forged config could otherwise make
+    the model builder allocate without bound)."""
+    if not (isinstance(obj.get("name"), str) and valid_model_name(obj["name"])):
+        raise ValueError(f"its name must be 1-255 printable ASCII characters, got {obj.get('name')!r:.60}")
+    state = obj.get("state")
+    if not (isinstance(state, dict) and "base" in state and all(
+            isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in m.items())
+            for m in state.values())):
+        raise ValueError("its state must hold module 'base' and map each module's names to tensors")
+    configs = obj.get("config")
+    if not isinstance(configs, dict):
+        raise ValueError("it holds no config")
+    codec_config(configs.get("codec"))
+    if "liff" in state:
+        liff_config(configs.get("liff"))
+
+
+def codec_config(d) -> CodecConfig:
+    """The CodecConfig of a weights file's config["codec"]; ValueError unless every field is within bounds."""
+    cfg = _config(CodecConfig, d, "codec")
+    lambdas = (cfg.lambda_min, cfg.lambda_max)
+    if not (all(type(v) in (int, float) and math.isfinite(v) for v in lambdas) and 0 < lambdas[0] < lambdas[1]):
+        raise ValueError(f"config 'codec' needs 0 < lambda_min < lambda_max, got {lambdas!r:.80}")
+    return cfg
+
+
+def liff_config(d) -> LiffConfig:
+    """The LiffConfig of a weights file's config["liff"]; ValueError unless every field is within bounds."""
+    cfg = _config(LiffConfig, d, "liff")
+    if not 1 <= len(cfg.hidden) <= MAX_HIDDEN_LAYERS or not isinstance(cfg.skip, bool):
+        raise ValueError(f"config 'liff' needs 1 to {MAX_HIDDEN_LAYERS} hidden widths and skip true or false")
+    return cfg
+
+
+def _config(cls, d, key: str):
+    """`cls` built from the dict `d`, each integer field named in `MODEL_CONFIG_MAX` (each entry of a tuple)
+    checked, so that nothing is allocated for a forged size."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config {key!r} is missing or not a table")
+    try:
+        cfg = LiffConfig.from_dict(d) if cls is LiffConfig else cls(**d)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"config {key!r}: {' '.join(str(e).split())[:120]}") from None
+    for f in dataclasses.fields(cfg):
+        value, top = getattr(cfg, f.name), MODEL_CONFIG_MAX.get(f.name)
+        if top is not None and not all(type(v) is int and 1 <= v <= top
+                                       for v in (value if isinstance(value, tuple) else (value,))):
+            raise ValueError(f"config {key!r}: {f.name} must be whole numbers from 1 to {top}, got {value!r:.60}")
+    return cfg
+
+
+def _load_state(module: nn.Module, obj: dict, key: str) -> nn.Module:
+    """`module` in eval mode with the weights' tensors of `key`; WeightsError when they do not fit its config."""
+    try:
+        module.load_state_dict(state_from_weights(obj, key))
+    except RuntimeError as e:  # "Error(s) in loading state_dict ...:" then one line per kind of misfit
+        detail = " ".join(str(e).splitlines()[1:2]).strip()[:200]
+        raise WeightsError(f"weights file {obj.get('source', obj.get('name'))}: module {key!r} does not fit its "
+                           f"config ({detail})") from None
+    return module.eval()
 
 
 def build_codec(obj: dict, module: str = "base") -> MeanScaleHyperprior:
-    codec = MeanScaleHyperprior(CodecConfig(**obj["config"]["codec"]))
-    codec.load_state_dict(state_from_weights(obj, module))
-    return codec.eval()
+    return _load_state(MeanScaleHyperprior(codec_config(obj["config"]["codec"])), obj, module)
 
 
 def build_scalable(obj: dict, predictor: str = "liff") -> ScalableCodec:
@@ -183,8 +300,7 @@ def build_scalable(obj: dict, predictor: str = "liff") -> ScalableCodec:
         return ScalableCodec(build_codec(obj, "base"), None, None).eval()
     liff = None
     if predictor == "liff":
-        liff = LIFF(LiffConfig.from_dict(obj["config"]["liff"]))
-        liff.load_state_dict(state_from_weights(obj, "liff"))
+        liff = _load_state(LIFF(liff_config(obj["config"]["liff"])), obj, "liff")
     elif predictor != "bicubic":
         raise ValueError(f"predictor must be 'liff' or 'bicubic', not {predictor!r}")
     return ScalableCodec(build_codec(obj, "base"), build_codec(obj, "residual"), liff).eval()

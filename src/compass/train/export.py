@@ -14,11 +14,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..codec import CodecConfig, MeanScaleHyperprior
 from ..liff import LIFF, LiffConfig
-from ..weights import PRETRAINED_DIR, export, manifest
+from ..weights import PRETRAINED_DIR, export, manifest, safe_load
 
 
 def last_validation(run_dir: Path) -> list[dict]:
@@ -43,7 +41,7 @@ def _source_record(source: str, ck: dict | None = None, key: str = "init_from") 
         return kept
     path = Path(source)
     if source not in manifest()["models"] and path.is_file():
-        return {"source": source, "stage": _stage_info(torch.load(path, map_location="cpu", weights_only=False), path)}
+        return {"source": source, "stage": _stage_info(safe_load(path), path)}
     return {"source": source, "training": manifest()["models"].get(source, {}).get("training")}
 
 
@@ -92,8 +90,8 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
     if base is None and joint is None:
         raise ValueError("nothing to export: give a base and/or a joint checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ck = torch.load(base, map_location="cpu", weights_only=False) if base is not None else None
-    jk = torch.load(joint, map_location="cpu", weights_only=False) if joint is not None else None
+    ck = safe_load(base) if base is not None else None
+    jk = safe_load(joint) if joint is not None else None
     recipe = (jk or ck)["recipe"]
     data = {"train": recipe["data"]["train"], "val_count": recipe["data"]["val_count"],
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
@@ -118,7 +116,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         stages = [base_info] if base_info is not None else []
         liff_ck = Path(jk["stage_config"].get("liff_from", ""))
         if liff_ck.is_file():
-            stages.append(_stage_info(torch.load(liff_ck, map_location="cpu", weights_only=False), liff_ck))
+            stages.append(_stage_info(safe_load(liff_ck), liff_ck))
         stages.append(joint_info)
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
         modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..paths import data_dir
+from ..weights import safe_load
 from .config import stage_config
 from .data import list_images, make_sampler, split, validation_crops
 from .stages import has_module, load_module_state, lr_at, make_stage
@@ -119,7 +120,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     sources = shipped_sources(cfg, init_from)
     history = history_of(init) if init else []
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = safe_load(ckpt_path, map_location=device)
         if ck.get("stage") != stage_name:
             raise ValueError(f"{ckpt_path} holds stage {ck.get('stage')!r}, not {stage_name!r}")
         for name, m in stage.modules().items():
@@ -290,7 +291,7 @@ def history_of(init: str | Path) -> list[dict]:
     starts from it with a fresh optimizer (a GPU window continuing the last one): [] for shipped weights."""
     if not Path(init).exists():
         return []
-    ck = torch.load(init, map_location="cpu", weights_only=False)
+    ck = safe_load(init)
     if "step" not in ck:
         return []
     own = {"recipe": ck["recipe"]["name"], "stage": ck["stage"], "steps": ck["step"],

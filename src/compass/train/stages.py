@@ -152,10 +152,10 @@ def plan_buckets(cfg: dict, seed: int) -> list[list[tuple[int, int]]]:
 def load_module_state(source: str | Path, *modules: str) -> dict:
     """State dict of the first of `modules` found in `source`: a training checkpoint, or shipped weights (a
     registered name or a weights file; there the single-layer codec is "base", so "codec" finds it)."""
-    from ..weights import load_weights, state_from_weights
+    from ..weights import load_weights, safe_load, state_from_weights
 
     if Path(source).exists():
-        ck = torch.load(source, map_location="cpu", weights_only=False)
+        ck = safe_load(source)
         if "modules" in ck:
             for m in modules:
                 if m in ck["modules"]:

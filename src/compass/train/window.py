@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..paths import REPO_ROOT
-from ..weights import sha256_file
+from ..weights import safe_load, sha256_file
 from .config import load_recipe
 from .data import list_images, split, validation_crops
 from .loop import LOG_FIELDS, NonFiniteLoss, plot_log, resolve_data, save_atomic, train
@@ -120,7 +120,7 @@ def run(recipe_name: str, stage: str, minutes: float, data: str, out: Path, *, p
             print(failure, flush=True)
             if not (run_dir / "checkpoint.pt").exists():
                 raise
-            ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+            ck = safe_load(run_dir / "checkpoint.pt")
     small = slim(ck)
     save_atomic(small, out / f"{stage}.pt")
     for name in ("log.csv", "curves.png"):
@@ -184,7 +184,7 @@ def import_window(out: Path, *, checkpoints: Path = CHECKPOINTS, data: str | Non
     """Make the window in `out` the committed checkpoint its recipe's next window continues. Returns its record."""
     summary = json.loads((out / "window.json").read_text())
     stage = summary["stage"]
-    ck = torch.load(out / f"{stage}.pt", map_location="cpu", weights_only=False)
+    ck = safe_load(out / f"{stage}.pt")
     folder = checkpoints / ck["recipe"]["name"]
     folder.mkdir(parents=True, exist_ok=True)
     windows_path = folder / "windows.json"

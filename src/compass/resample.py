@@ -89,12 +89,3 @@ def check_plan(sizes: list[tuple[int, int]], height: int, width: int) -> list[tu
         if b[0] < a[0] or b[1] < a[1]:
             raise ValueError(f"layer sizes must not shrink: {sizes}")
     return sizes
-
-
-def scale_token(src: tuple[int, int], dst: tuple[int, int]) -> tuple[float, float]:
-    """The LIFF scale token (2 H^{k-1} / H^k, 2 W^{k-1} / W^k)."""
-    return 2 * src[0] / dst[0], 2 * src[1] / dst[1]
-
-
-def geometric_middle(low: float, high: float) -> float:
-    return math.sqrt(low * high)

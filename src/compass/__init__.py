@@ -7,7 +7,7 @@ One file holds an image at several resolutions; a reader decodes only the layers
 __all__ = ["Compass", "decode", "encode", "extract", "info"]
 __version__ = "0.1.0"
 
-DEFAULT_MODEL = "compass-cpu"  # the shipped models used when none is named (constants here: no torch import)
+DEFAULT_MODEL = "compass-cpu-mini"  # the shipped models used when none is named (constants here: no torch import)
 DEFAULT_SINGLE = "compass-cpu-single"
 
 _LAZY = {"Compass": "api", "decode": "api", "encode": "api", "extract": "bitstream", "info": "bitstream"}

@@ -242,7 +242,7 @@ def _eval(args) -> int:
         print(f"shard {args.shard[0]}/{args.shard[1]}: {results['stats']}; a run without --shard assembles")
         return 0
     print(f"BD-rate of COMPASS (%, top layer; n/a: see the report)\n{bd_table(results, paper=False)}")
-    print(f"wrote {out / 'report.md'}, results.json and plots")
+    print(f"wrote {out / 'report.md'}, results.json, points.jsonl.gz and plots")
     return 0
 
 

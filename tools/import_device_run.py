@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 
-from compass.train.loop import LOG_FIELDS, plot_log, save_atomic
+from compass.train.loop import LOG_FIELDS, log_row, plot_log, save_atomic
 from compass.train.window import held_out_validation
 from compass.weights import safe_load
 
@@ -28,9 +28,7 @@ def relabel_and_append(log: Path, ck: dict, rows: list[dict]) -> None:
     for r in old:
         if r["kind"] == "val":
             r["setting"] = f"packed {r['setting']}"
-    for r in rows:
-        old.append({"step": ck["step"], "elapsed_s": round(ck["elapsed_s"], 1), "kind": "val", "lr": "",
-                    **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}})
+    old.extend(log_row(ck["step"], ck["elapsed_s"], "val", "", r) for r in rows)
     with open(log, "w", newline="") as f:
         w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
         w.writeheader()

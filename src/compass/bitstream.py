@@ -195,7 +195,7 @@ def _pack_chunk(chunk: Chunk, layer: int, pixels: int) -> bytes:
         raise ChunkError(layer, f"a chunk holds 1-{MAX_STRINGS} strings, got {len(chunk.strings)}")
     if not 0 <= chunk.check <= _U32_MAX:
         raise ChunkError(layer, f"decoder check {chunk.check} does not fit in 32 bits")
-    size = _PAYLOAD_HEAD.size + sum(4 + len(s) for s in chunk.strings)
+    size = chunk_bytes(chunk.strings) - _FRAME.size
     if size > chunk_bytes_limit(pixels):
         raise ChunkError(layer, f"chunk payload of {size} bytes is over the limit of {chunk_bytes_limit(pixels)} "
                                 f"for its layer")

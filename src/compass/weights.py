@@ -74,7 +74,7 @@ def registered() -> list[str]:
     return sorted(manifest()["models"])
 
 
-def _half_state(module: nn.Module) -> dict:
+def half_state(module: nn.Module) -> dict:
     """State dict with parameters in fp16; buffers (tables, medians) keep their exact dtype."""
     params = {name for name, _ in module.named_parameters()}
     return {k: v.half() if k in params else v for k, v in module.state_dict().items()}
@@ -107,7 +107,7 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
         if isinstance(m, MeanScaleHyperprior):
             m.update()
     obj = {"format": WEIGHTS_FORMAT, "name": name, "config": configs, "info": info or {},
-           "state": {k: _half_state(m) for k, m in modules.items()}}
+           "state": {k: half_state(m) for k, m in modules.items()}}
     if base_ref is not None:
         ref, _ = load_weights(base_ref)
         if not _same_state(ref["state"]["base"], obj["state"]["base"]):

@@ -20,7 +20,7 @@ from ..paths import data_dir
 from ..weights import safe_load
 from .config import stage_config
 from .data import list_images, make_sampler, split, validation_crops
-from .stages import has_module, load_module_state, lr_at, make_stage
+from .stages import load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
 LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
@@ -92,9 +92,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls (LIFF's MLP), as cuDNN already does for convs
-        torch.backends.cudnn.benchmark = True  # shapes repeat (fixed crops, `odd_sizes`): autotune each once
+    setup_device(device)
     cfg = stage_config(recipe, stage_name)
     if steps is not None:
         cfg["steps"] = steps
@@ -149,9 +147,11 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
             print(f"resumed {stage_name} at step {step} from {ckpt_path}")
     elif init:
         for name, m in stage.modules().items():
-            if name in getattr(stage, "frozen", ()) and not has_module(init, name):
-                continue  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
-            m.load_state_dict(load_module_state(init, name))
+            try:
+                m.load_state_dict(load_module_state(init, name))
+            except KeyError:  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
+                if name not in getattr(stage, "frozen", ()):
+                    raise
         if rank == 0:
             print(f"initialized {stage_name} from {init}")
     if world > 1:
@@ -176,7 +176,7 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         return ck
 
     log_file = open(log_path, "a", newline="") if rank == 0 else None
-    writer = csv.DictWriter(log_file, LOG_FIELDS) if log_file else None
+    writer = csv.DictWriter(log_file, LOG_FIELDS, extrasaction="ignore") if log_file else None
     if writer and log_path.stat().st_size == 0:
         writer.writeheader()
     bar = tqdm(total=cfg["steps"], initial=step, disable=not progress or rank != 0, desc=stage_name,
@@ -207,14 +207,12 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
                 row = {k: float(v) / acc_n for k, v in acc.items()}
                 bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
                 if writer:
-                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "train", "setting": "",
-                                     "lr": lr, **{k: round(v, 5) for k, v in row.items() if k in LOG_FIELDS}})
+                    writer.writerow(log_row(step, elapsed, "train", lr, {"setting": "", **row}))
                     log_file.flush()
                 acc, acc_n = {}, 0
             if rank == 0 and (step % tcfg["val_every"] == 0 or step == cfg["steps"]):
                 for row in stage.validate(val):
-                    writer.writerow({"step": step, "elapsed_s": round(elapsed, 1), "kind": "val", "lr": lr,
-                                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}})
+                    writer.writerow(log_row(step, elapsed, "val", lr, row))
                 log_file.flush()
             due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
             steps, over = budget.check(step, cfg["steps"]) if budget is not None else (cfg["steps"], False)
@@ -239,6 +237,20 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
         if log_file:
             log_file.close()
     return ck
+
+
+def setup_device(device: torch.device) -> None:
+    """On a GPU: TF32 matmuls (LIFF's MLP), as cuDNN already does for convolutions, and cuDNN autotuning (shapes
+    repeat: fixed crops, `odd_sizes`, `plan_buckets`, so each is tuned once)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.benchmark = True
+
+
+def log_row(step: int, elapsed: float, kind: str, lr, values: dict) -> dict:
+    """A row of log.csv (LOG_FIELDS; other keys are not written), numbers rounded to 5 decimals."""
+    return {"step": step, "elapsed_s": round(elapsed, 1), "kind": kind, "lr": lr,
+            **{k: round(v, 5) if isinstance(v, float) else v for k, v in values.items()}}
 
 
 def make_optimizers(stage, device: torch.device, lr: float, aux_lr: float):

@@ -169,15 +169,6 @@ def load_module_state(source: str | Path, *modules: str) -> dict:
     raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['state'])}")
 
 
-def has_module(source: str | Path, module: str) -> bool:
-    """Whether `source` (as load_module_state reads it) holds `module`."""
-    try:
-        load_module_state(source, module)
-    except KeyError:
-        return False
-    return True
-
-
 class LiffStage:
     """LIFF pretraining as an arbitrary-scale upsampler (L1 loss on clean downscaled inputs)."""
 

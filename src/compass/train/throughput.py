@@ -14,7 +14,7 @@ import torch
 
 from .config import stage_config
 from .data import list_images, make_sampler
-from .loop import device_name, make_optimizers, optimize, resolve_data
+from .loop import device_name, make_optimizers, optimize, resolve_data, setup_device
 from .stages import make_stage
 
 VARIANTS = {  # crops cut on the training device unless "host-data"; channels_last unless "-nchw"
@@ -50,9 +50,8 @@ def measure(recipe: dict, stage_name: str, *, device: torch.device | str | None 
     crop (or the ones given), square crops only so every step has the same shape. `warmup` steps first
     (autotuning, compilation: timed apart as `warmup_s`), then steps for `seconds` (or `max_steps`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    setup_device(device)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     cfg = stage_config(recipe, stage_name)
     cfg.update(base_from=None, residual_from=None, liff_from=None)

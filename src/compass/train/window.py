@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from ..paths import REPO_ROOT
-from ..weights import safe_load, sha256_file
+from ..weights import half_state, safe_load, sha256_file
 from .config import load_recipe
 from .data import list_images, split, validation_crops
-from .loop import LOG_FIELDS, NonFiniteLoss, plot_log, resolve_data, save_atomic, train
+from .loop import LOG_FIELDS, NonFiniteLoss, log_row, plot_log, resolve_data, save_atomic, train
 from .stages import make_stage
 from .throughput import best, compare, variant_recipe
 
@@ -65,13 +65,8 @@ def slim(ck: dict) -> dict:
     """The checkpoint without optimizer state, parameters in fp16 (buffers such as the entropy models' tables
     and targets as they are), and a joint stage's frozen base left out (it is the base stage's checkpoint)."""
     stage = bare_stage(ck)
-    modules = {}
-    for name, m in stage.modules().items():
-        if ck["stage"] == "joint" and name == "base":
-            continue
-        params = {n for n, _ in m.named_parameters()}
-        modules[name] = {k: (v.detach().half() if k in params else v.detach()).cpu()
-                         for k, v in ck["modules"][name].items()}
+    frozen = getattr(stage, "frozen", ())
+    modules = {name: half_state(m) for name, m in stage.modules().items() if name not in frozen}
     return {**ck, "modules": modules, "optimizer": None, "aux_optimizer": None}
 
 
@@ -210,8 +205,7 @@ def import_window(out: Path, *, checkpoints: Path = CHECKPOINTS, data: str | Non
                 r["setting"] = f"packed {r['setting']}"
             w.writerow({**r, "step": int(r["step"]) + prior_steps, "elapsed_s": round(float(r["elapsed_s"]) + prior_s, 1)})
         for r in rows:
-            w.writerow({"step": prior_steps + ck["step"], "elapsed_s": round(prior_s + ck["elapsed_s"], 1),
-                        "kind": "val", "lr": "", **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}})
+            w.writerow(log_row(prior_steps + ck["step"], prior_s + ck["elapsed_s"], "val", "", r))
     plot_log(log, folder / f"{stage}-curves.png")
     pixels = ck["step"] * summary["batch"] * summary["crop"] ** 2  # odd-size batches are a little smaller
     record = {"window": len(windows) + 1, "stage": stage, "device": summary["device"], "variant": summary["variant"],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU training window (docs/training.md, "GPU windows"), run on the GPU machine from the repository root,
-# with the window's crop pack in .gpu-data (tools/pack_crops.py --window K) and constriction's wheel in .whl:
+# with the window's crop pack in .gpu-data (compass.train.pack --window K) and constriction's wheel in .whl:
 #   MINUTES=8 OUT=$OUT bash scripts/gpu_window.sh
 # It probes the throughput variants, trains RECIPE's STAGE from checkpoints/RECIPE/STAGE.pt (or from scratch)
 # until MINUTES are spent, and leaves in OUT what `python -m compass.train.window import OUT` takes back here.

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import REPO, synthetic_image, tiny_scalable_weights
+from conftest import synthetic_image, tiny_scalable_weights
 from PIL import Image
 
 from compass import bitstream
@@ -245,7 +245,7 @@ def test_cli_eval(crops, tiny_weights, tiny_single_weights, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'no-such-model'" in err and "not available" in err
 
-    alone = tmp_path / "alone"  # compass only, what tools/compare_models.py needs
+    alone = tmp_path / "alone"  # compass only, what compass.evaluate.compare needs
     assert main(["eval", "--data", str(crops), "--out", str(alone), "--quick", "--model", str(tiny_weights),
                  "--methods", "none", "--images", "1", "--quiet"]) == 0
     assert list(json.loads((alone / "results.json").read_text())["setup"]["methods"]) == ["compass"]
@@ -264,21 +264,18 @@ def test_committed_results_name_no_machine_path(monkeypatch, tmp_path):
     assert portable(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # the user's own path, as given
 
 
-def test_compare_models_tool_reports_bd_rate_per_configuration_and_layer():
-    """tools/compare_models.py: the same curves give 0%, 10% more bits at every point give +10%, and results
+def test_compare_reports_bd_rate_per_configuration_and_layer():
+    """compass.evaluate.compare: the same curves give 0%, 10% more bits at every point give +10%, and results
     from other images are refused."""
-    import importlib.util
+    from compass.evaluate.compare import compare
 
-    spec = importlib.util.spec_from_file_location("compare_models", REPO / "tools" / "compare_models.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     curve = {"bpp": [0.2, 0.4, 0.7, 1.0], "psnr": [27.0, 29.0, 30.5, 31.5]}
     anchor = {"setup": {"images": [{"name": "a.png"}]},
               "summary": {"curves": {"compass": {"2L-2.0x": {"0": curve, "1": curve}}}}}
     more = {"bpp": [b * 1.1 for b in curve["bpp"]], "psnr": curve["psnr"]}
     test = {"setup": anchor["setup"], "summary": {"curves": {"compass": {"2L-2.0x": {"0": curve, "1": more}}}}}
-    rows = tool.compare(test, anchor)
+    rows = compare(test, anchor)
     assert [(r["config"], r["layer"]) for r in rows] == [("2L-2.0x", 0), ("2L-2.0x", 1)]
     assert rows[0]["bd_rate"] == pytest.approx(0, abs=1e-9) and rows[1]["bd_rate"] == pytest.approx(10, abs=1e-6)
     with pytest.raises(ValueError, match="different images"):
-        tool.compare({**test, "setup": {"images": [{"name": "b.png"}]}}, anchor)
+        compare({**test, "setup": {"images": [{"name": "b.png"}]}}, anchor)

@@ -115,7 +115,7 @@ def test_refined_scalable_file_decodes_every_layer_and_spends_less():
 def _tool(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, KINGFISHER.parents[1] / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, KINGFISHER.parents[1] / "experiments" / name / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -139,7 +139,7 @@ def test_single_layer_table_same_numbers_in_one_process_or_two(tiny_single_weigh
 
 
 def test_refine_gain_tool_reports_bd_per_plan_and_layer():
-    """tools/refine_gain.py: identical tables give 0%; refined at 10% fewer bits everywhere gives -10%."""
+    """experiments/refine_gain/refine_gain.py: identical tables give 0%; refined at 10% fewer bits everywhere gives -10%."""
     from compass.evaluate.layers_report import PLANS, QUALITIES
 
     tool = _tool("refine_gain")
@@ -155,7 +155,7 @@ def test_refine_gain_tool_reports_bd_per_plan_and_layer():
 
 
 def test_decoder_ceiling_tool_orders_its_ceilings(single, crop):
-    """tools/decoder_ceiling.py on the shipped codec: the unquantized decode beats the coded one, and latents
+    """experiments/decoder_ceiling/decoder_ceiling.py on the shipped codec: the unquantized decode beats the coded one, and latents
     optimized for the MSE beat the encoder's."""
     from compass.imageio import to_pixels
 
@@ -167,7 +167,7 @@ def test_decoder_ceiling_tool_orders_its_ceilings(single, crop):
 
 
 def test_decoder_probe_widens_g_s_without_changing_its_output_and_trains_it(single, crop):
-    """tools/decoder_probe.py: the widened g_s decodes as the shipped one (no noise: to float precision), a wider
+    """experiments/decoder_probe/decoder_probe.py: the widened g_s decodes as the shipped one (no noise: to float precision), a wider
     width that is not a multiple is refused, and one training step changes g_s and nothing else."""
     import copy
 

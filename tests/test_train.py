@@ -119,15 +119,11 @@ def test_time_budget_fits_the_steps_and_stops_at_the_deadline(case, tmp_path, da
 
 
 def test_pack_crops_leaves_the_validation_photos_out(tmp_path, data_dir):
-    """tools/pack_crops.py: the requested number of crops, from training photos only, at the crop size."""
-    import importlib.util
-
+    """compass.train.pack: the requested number of crops, from training photos only, at the crop size."""
     from compass.train.data import list_images, split
+    from compass.train.pack import pack
 
-    spec = importlib.util.spec_from_file_location("pack_crops", REPO / "tools" / "pack_crops.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.pack(data_dir, tmp_path / "p", count=12, crop=40, val_count=2) > 0
+    assert pack(data_dir, tmp_path / "p", count=12, crop=40, val_count=2) > 0
     crops = sorted((tmp_path / "p").iterdir())
     _, val = split(list_images(data_dir), 2)
     assert len(crops) == 12 and all(Image.open(c).size == (40, 40) for c in crops)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from compass.train import window
+from compass.train.pack import pack_window
 from compass.train.data import CropSampler, TensorCropSampler, list_images
 from compass.train.stages import lr_at
 from compass.train.throughput import best, compare
@@ -69,20 +70,10 @@ def photos(tmp_path_factory):
     return d
 
 
-def _pack_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pack_crops", REPO / "tools" / "pack_crops.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_window_packs_cycle_through_the_training_split(photos, tmp_path):
-    tool = _pack_tool()
     seen = []
     for k in range(3):
-        tool.pack_window(photos, tmp_path / f"w{k}", window=k, count=2, crop=40, val_count=2)
+        pack_window(photos, tmp_path / f"w{k}", window=k, count=2, crop=40, val_count=2)
         seen.append({p.stem for p in (tmp_path / f"w{k}").iterdir()})
     assert all(len(s) == 2 for s in seen)
     assert len(seen[0] | seen[1] | seen[2]) == 6  # 6 training photos, 3 windows of 2: all of them, once each
@@ -92,7 +83,7 @@ def test_two_windows_dry_run_continue_and_import(photos, tmp_path, monkeypatch):
     recipe = tmp_path / "tiny-gpu.toml"
     recipe.write_text(TINY)
     pack = tmp_path / "pack"
-    _pack_tool().pack_window(photos, pack, window=0, count=6, crop=40, val_count=2)
+    pack_window(photos, pack, window=0, count=6, crop=40, val_count=2)
     ck_root = tmp_path / "checkpoints"
     kw = dict(probe_seconds=0.3, variants=("eager", "eager-nchw"), checkpoints=ck_root, margin_s=1.0)
 
@@ -161,7 +152,7 @@ def test_window_script_runs_on_cpu(photos, tmp_path):
     recipe = tmp_path / "tiny-gpu.toml"
     recipe.write_text(TINY)
     pack = tmp_path / "pack"
-    _pack_tool().pack_window(photos, pack, window=1, count=6, crop=40, val_count=2)
+    pack_window(photos, pack, window=1, count=6, crop=40, val_count=2)
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:{sys.exec_prefix}/bin:/usr/bin:/bin", "OUT": str(tmp_path / "out"),
            "MINUTES": "0.2", "RECIPE": str(recipe), "DATA": str(pack), "VARIANTS": "eager", "PROBE_SECONDS": "0",
            "SET": "stages.base.batch=3 train.log_every=2", "RUN_DIR": str(tmp_path / "run")}

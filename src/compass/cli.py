@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
                         "jpeg2000-simulcast hevc-simulcast hevc-single (default: all; none: compass alone, "
-                        "e.g. to compare two models with tools/compare_models.py)")
+                        "e.g. to compare two models with compass.evaluate.compare)")
     v.add_argument("--images", type=int, help="first N images (default: all; 3 with --quick)")
     v.add_argument("--configs", nargs="+", metavar="CONFIG",
                    help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")

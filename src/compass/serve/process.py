@@ -1,4 +1,4 @@
-"""A server run as a child process until a block ends: how the tests and tools/serve_bench.py run `compass serve`
+"""A server run as a child process until a block ends: how the tests and experiments/serve_bench/serve_bench.py run `compass serve`
 (and the static server it is compared with) on 127.0.0.1."""
 from __future__ import annotations
 

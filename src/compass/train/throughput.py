@@ -85,11 +85,16 @@ def measure(recipe: dict, stage_name: str, *, device: torch.device | str | None 
            "crop": cfg["crop"], "compile": bool(recipe["train"].get("compile", False)),
            "channels_last": bool(recipe["train"].get("channels_last", True)),
            "on_device": bool(recipe["data"].get("on_device", False)), "warmup_s": round(t1 - t0, 2),
-           "steps": steps, "s_per_step": round(dt, 5), "mpix_per_s": round(cfg["batch"] * cfg["crop"] ** 2 / dt / 1e6, 2),
+           "steps": steps, "s_per_step": round(dt, 5), "mpix_per_s": mpix_per_s(cfg["batch"], cfg["crop"], dt),
            "loss": round(float(loss), 4), "threads": torch.get_num_threads()}
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return row
+
+
+def mpix_per_s(batch: int, crop: int, s_per_step: float) -> float:
+    """Training pixels per second in millions, to 4 significant digits (a tiny test step stays above 0)."""
+    return float(f"{batch * crop ** 2 / s_per_step / 1e6:.4g}")
 
 
 def compare(recipe: dict, stage_name: str, variants: list[str], *, rounds: int = 1, log=None, **kwargs) -> list[dict]:
@@ -115,7 +120,7 @@ def compare(recipe: dict, stage_name: str, variants: list[str], *, rounds: int =
         if "error" not in row:
             times = sorted(r["s_per_step"] for r in runs[name])
             row["s_per_step"] = times[len(times) // 2]
-            row["mpix_per_s"] = round(row["batch"] * row["crop"] ** 2 / row["s_per_step"] / 1e6, 2)
+            row["mpix_per_s"] = mpix_per_s(row["batch"], row["crop"], row["s_per_step"])
             row["rounds"] = [r["s_per_step"] for r in runs[name]]
         if log:
             log(row)

@@ -160,7 +160,7 @@ def apply_overrides(recipe: dict, overrides: tuple[str, ...]) -> dict:
 
 
 def _pack_info(data: str) -> dict:
-    """The crop pack's own description (tools/pack_crops.py writes pack.json), or its file count."""
+    """The crop pack's own description (compass.train.pack writes pack.json), or its file count."""
     meta = Path(data) / "pack.json"
     if meta.exists():
         return json.loads(meta.read_text())
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("recipe")
     r.add_argument("--stage", default="base")
     r.add_argument("--minutes", type=float, required=True, help="the whole window, probe and export included")
-    r.add_argument("--data", required=True, help="the carried crop pack (tools/pack_crops.py --window K)")
+    r.add_argument("--data", required=True, help="the carried crop pack (compass.train.pack --window K)")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--probe-seconds", type=float, default=8.0, help="per variant; 0 skips the probe")
     r.add_argument("--variants", default="eager,compiled", help="throughput variants to probe; the first without a probe")

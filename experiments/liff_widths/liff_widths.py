@@ -7,8 +7,8 @@ per output pixel at 2x (RDN and factorized MLP), the measured time of one predic
 16 held-out training crops). Prediction PSNR after a short pretraining is a proxy, not BD-rate: a variant worth
 shipping still needs the joint stage and `compass eval`.
 
-    python tools/liff_widths.py train NAME [--steps 1000]   # one variant into runs/liff-widths/NAME
-    python tools/liff_widths.py report                      # markdown table of the trained variants
+    python experiments/liff_widths/liff_widths.py train NAME [--steps 1000]   # one variant into runs/liff-widths/NAME
+    python experiments/liff_widths/liff_widths.py report                      # markdown table of the trained variants
 """
 from __future__ import annotations
 

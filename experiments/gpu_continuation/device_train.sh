@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the cpu models further on a GPU lease of fixed length (how compass-cpu-single, compass-cpu and
 # compass-cpu-lite got their GPU steps; docs/training.md). Run from the repository root with the training crops
-# packed by tools/pack_crops.py in $DATA. Writes slim checkpoints (no optimizer state; a joint one without its
-# base, which is base.pt) and the logs to $OUT; tools/import_device_run.py puts them back into runs/.
-#   BASE_MIN=4.5 JOINT_MIN=1.2 OUT=out/device bash scripts/device_train.sh
+# packed by compass.train.pack in $DATA. Writes slim checkpoints (no optimizer state; a joint one without its
+# base, which is base.pt) and the logs to $OUT; experiments/gpu_continuation/import_device_run.py puts them back into runs/.
+#   BASE_MIN=4.5 JOINT_MIN=1.2 OUT=out/device bash experiments/gpu_continuation/device_train.sh
 # INIT: where the base starts (default the shipped compass-cpu-single; a carried file for a second call);
 # RESUME=1 continues runs/ of an earlier call on the same (still warm) machine instead.
 set -u

@@ -1,6 +1,6 @@
 """BD-rate of one scalable model against another on the same images, from two `compass eval` results.
 
-    python tools/compare_models.py results/kodak-cpu-lite/results.json results/kodak/results.json
+    python -m compass.evaluate.compare results/kodak-cpu-lite/results.json results/kodak/results.json
 
 Each file comes from `compass eval --model NAME --methods none --out results/kodak-NAME` (compass alone: about
 half an hour on 2 cores as two `--threads 1 ... --shard I/2` processes, then once without --shard to assemble).
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from compass.evaluate.bdrate import bd_psnr, bd_rate
+from .bdrate import bd_psnr, bd_rate
 
 
 def compare(test: dict, anchor: dict, method: str = "compass") -> list[dict]:
@@ -38,7 +38,7 @@ def _model(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m compass.evaluate.compare", description=__doc__.splitlines()[0])
     p.add_argument("test", type=Path)
     p.add_argument("anchor", type=Path)
     a = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Is the single-layer codec's decoder held back by its width or by its training? Decoder-only fine-tuning.
 
-    python tools/decoder_probe.py --width 128 --minutes 90 --out runs/probe-w128
+    python experiments/decoder_probe/decoder_probe.py --width 128 --minutes 90 --out runs/probe-w128
 
 Everything but the synthesis transform g_s is frozen: the encoder, the hyperprior and the entropy models, so every
 bitstream and its rate stay exactly as they are, and only the decoded image can change. g_s is trained on the

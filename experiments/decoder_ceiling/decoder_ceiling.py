@@ -1,6 +1,6 @@
 """How good can the single-layer codec's decoder be at all? PSNR ceilings of its synthesis transform.
 
-    python tools/decoder_ceiling.py [--model compass-cpu-single] [--q 1] [--images N] [--optimize STEPS]
+    python experiments/decoder_ceiling/decoder_ceiling.py [--model compass-cpu-single] [--q 1] [--images N] [--optimize STEPS]
 
 Per image, at quality q: the coded PSNR and bpp; JPEG 2000 at that bpp; the "amortized ceiling", g_s(g_a(x))
 with no quantization at all (what the decoder makes of the encoder's latents at infinite rate); and with

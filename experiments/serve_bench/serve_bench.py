@@ -1,7 +1,7 @@
 """Requests per second and latency of `compass serve` per layer size, against pre-rendered PNG renditions served
 as static files by the same stack (docs/serving.md, "Benchmark").
 
-    .venv/bin/python tools/serve_bench.py [--images 8] [--seconds 10] [--clients 2] [--model compass-cpu-mini]
+    .venv/bin/python experiments/serve_bench/serve_bench.py [--images 8] [--seconds 10] [--clients 2] [--model compass-cpu-mini]
                                           [--json PATH]
 
 Encodes the first IMAGES Kodak images with `compass encode-dir` (layers 0.25, 0.5, 1: 192, 384 and 768 px wide

@@ -5,8 +5,8 @@ Crops are drawn from the training split only (the recipe's validation photos are
 each photo's area, and stored as JPEG quality 95 without chroma subsampling (about 3-4 bits per pixel): far
 finer than anything the codec keeps at its rates, and the BSDS500 part of the set is JPEG already.
 
-    python tools/pack_crops.py OUT_DIR [--count 900] [--crop 256] [--recipe cpu]
-    python tools/pack_crops.py .gpu-data --window K --count 220 --crop 320 --recipe paper-gpu
+    python -m compass.train.pack OUT_DIR [--count 900] [--crop 256] [--recipe cpu]
+    python -m compass.train.pack .gpu-data --window K --count 220 --crop 320 --recipe paper-gpu
 
 `--window K` packs GPU window K's share instead (compass.train.window): the training photos in one fixed
 shuffled order, `count` of them from position K * count on (wrapping), one crop each at a place drawn with
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from compass.paths import data_dir
-from compass.train import load_recipe
-from compass.train.data import list_images, split
+from ..paths import data_dir
+from . import load_recipe
+from .data import list_images, split
 
 
 def pack(src: Path, out: Path, count: int, crop: int, val_count: int, seed: int = 0, quality: int = 95) -> int:
@@ -73,7 +73,7 @@ def pack_window(src: Path, out: Path, window: int, count: int, crop: int, val_co
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m compass.train.pack", description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", help="training photo folder (default: the recipe's, under the shared data root)")
     ap.add_argument("--count", type=int, default=900)

@@ -1,6 +1,6 @@
-"""Put what scripts/device_train.sh brought back from a GPU lease into runs/, ready for export.
+"""Put what experiments/gpu_continuation/device_train.sh brought back from a GPU lease into runs/, ready for export.
 
-    python tools/import_device_run.py DEVICE_DIR [--base-run runs/cpu-gpu/base] [--init-from SOURCE]
+    python experiments/gpu_continuation/import_device_run.py DEVICE_DIR [--base-run runs/cpu-gpu/base] [--init-from SOURCE]
 
 DEVICE_DIR holds base.pt, joint-cpu.pt, joint-lite.pt and logs.tar.gz (slim checkpoints: no optimizer state,
 joint ones without their base). Each checkpoint goes to its run folder with its log; a joint checkpoint gets

@@ -1,6 +1,6 @@
 """What encoder-side latent refinement buys a scalable file: plain and refined encodes side by side.
 
-    python tools/refine_gain.py [--model compass-cpu-fast] [--steps 100] [--images N] [--json PATH]
+    python experiments/refine_gain/refine_gain.py [--model compass-cpu-fast] [--steps 100] [--images N] [--json PATH]
 
 Both encodes of every image use the same model, plans (layers 0.25, 0.5, 1 and 0.5, 1 of the image) and
 qualities (0, 1/3, 2/3, 1) as `compass.evaluate.layers_report`. Per plan and layer: mean accumulated bpp and

@@ -5,7 +5,7 @@ images with `Compass.encode` and decodes its own files; then each decodes the OT
 mismatch would raise `DecodeMismatch` there). The parent compares the files byte for byte and the decoded
 layers value by value, and prints a markdown summary (docs/reliability.md, "Determinism").
 
-    python tools/thread_agreement.py [--images 4] [--quality 0.5] [--layers 0.25,0.5,1] [--threads 1 2]
+    python experiments/thread_agreement/thread_agreement.py [--images 4] [--quality 0.5] [--layers 0.25,0.5,1] [--threads 1 2]
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from compass import bitstream, limits
 from compass.cli import main
-from compass.fuzz import raw_header
+from compass.fuzz.format import raw_header
 
 
 @pytest.fixture()

@@ -21,6 +21,11 @@ from compass import bitstream, fuzz, weights
 from compass.cli import main
 from compass.entropy import CodingError
 from compass.errors import CompassError
+from compass.fuzz.cases import CATEGORIES, make_case
+from compass.fuzz.commands import judge_command, snapshot
+from compass.fuzz.format import FUZZ_MAX_PIXELS, Case, raw_chunk, raw_header, split
+from compass.fuzz.hostile import EVIL
+from compass.fuzz.worker import Worker, decode_case, encode_corpus, load_case
 from compass.imageio import to_pixels
 
 
@@ -44,7 +49,7 @@ def test_bounded_fuzz_run_has_no_failing_case(report):
 
 def test_every_category_is_reached_with_the_outcomes_it_must_have(report):
     counts = report.counts
-    assert set(counts) == set(fuzz.CATEGORIES), report.text()
+    assert set(counts) == set(CATEGORIES), report.text()
     assert set(counts["limits"]) == {"LimitExceeded"}
     assert set(counts["trailing"]) == {"identical"}
     assert not {"identical", "differs"} & (set(counts["truncate"]) | set(counts["bitflip"]))
@@ -67,21 +72,21 @@ def test_report_table_lists_every_category(report):
 def test_cases_are_reproducible(fuzz_models):
     from compass.api import Compass
 
-    corpus = [fuzz._split(m, data) for m, data in fuzz.encode_corpus([Compass(m) for m in fuzz_models])]
-    assert corpus == [fuzz._split(m, data) for m, data in fuzz.encode_corpus([Compass(m) for m in fuzz_models])]
+    corpus = [split(m, data) for m, data in encode_corpus([Compass(m) for m in fuzz_models])]
+    assert corpus == [split(m, data) for m, data in encode_corpus([Compass(m) for m in fuzz_models])]
     cases = range(len(corpus[0].data) - 5, len(corpus[0].data) + 500)
-    a = [pickle.dumps(fuzz.make_case(3, i, corpus)) for i in cases]
-    assert a == [pickle.dumps(fuzz.make_case(3, i, corpus)) for i in cases]
-    assert a[:5] == [pickle.dumps(fuzz.make_case(4, i, corpus)) for i in cases[:5]]  # every cut: no randomness
-    assert a[5:] != [pickle.dumps(fuzz.make_case(4, i, corpus)) for i in cases[5:]]
+    a = [pickle.dumps(make_case(3, i, corpus)) for i in cases]
+    assert a == [pickle.dumps(make_case(3, i, corpus)) for i in cases]
+    assert a[:5] == [pickle.dumps(make_case(4, i, corpus)) for i in cases[:5]]  # every cut: no randomness
+    assert a[5:] != [pickle.dumps(make_case(4, i, corpus)) for i in cases[5:]]
 
 
 # ---------------------------------------------------------------- the harness catches what it must
 
 class _FakeCodec:
-    """Stands in for `Compass` in `fuzz._run`: `layers` runs `body`."""
+    """Stands in for `Compass` in `decode_case`: `layers` runs `body`."""
 
-    max_pixels = fuzz.FUZZ_MAX_PIXELS
+    max_pixels = FUZZ_MAX_PIXELS
 
     def __init__(self, body):
         self.body = body
@@ -91,9 +96,9 @@ class _FakeCodec:
 
 
 def _judge(body, same=True):
-    data = fuzz.raw_header(b"m", bytes(8), [(2, 3, 0)]) + fuzz.raw_chunk(0, [b"", b""])
-    case = fuzz.Case(0, "test", "test", data, 0, 0, same=same, expect=("error",))
-    return fuzz._run(case, [_FakeCodec(body)], [[np.zeros((2, 3, 3), np.uint8)]])
+    data = raw_header(b"m", bytes(8), [(2, 3, 0)]) + raw_chunk(0, [b"", b""])
+    case = Case(0, "test", "test", data, 0, 0, same=same, expect=("error",))
+    return decode_case(case, [_FakeCodec(body)], [[np.zeros((2, 3, 3), np.uint8)]])
 
 
 def _raise(e):
@@ -136,13 +141,13 @@ class _Payload(bytes):
 
 
 def test_harness_survives_a_dead_or_hung_worker(fuzz_models, tmp_path):
-    pool = fuzz._Pool(fuzz_models, str(tmp_path), 2048)
+    pool = Worker(fuzz_models, str(tmp_path), 2048)
     try:
-        corpus = [fuzz._split(m, data) for m, data in pool.start()["corpus"]]
-        good = fuzz.Case(0, "trailing", "test", corpus[0].data, 0, 0, expect=("identical",))
+        corpus = [split(m, data) for m, data in pool.start()["corpus"]]
+        good = Case(0, "trailing", "test", corpus[0].data, 0, 0, expect=("identical",))
 
         def judged(data, timeout=5.0):
-            return pool.run(fuzz.Case(1, "test", "test", data, 0, 0), timeout)
+            return pool.run(Case(1, "test", "test", data, 0, 0), timeout)
 
         died = judged(_Payload(os._exit, (3,)))
         assert (died["outcome"], died["message"]) == ("died", "worker exited with code 3")
@@ -164,10 +169,10 @@ def test_harness_reports_code_run_by_a_loader(tiny_weights, tmp_path, monkeypatc
     unsafe = lambda path, map_location="cpu": torch.load(path, weights_only=False)  # noqa: E731
     monkeypatch.setattr(weights, "safe_load", unsafe)
     monkeypatch.setattr(loop, "safe_load", unsafe)
-    case = fuzz.Case(0, "checkpoint", "test", b"", 0, None, expect=("WeightsError",),
-                     edit=(("set", ("history",), [fuzz.EVIL]),))
+    case = Case(0, "checkpoint", "test", b"", 0, None, expect=("WeightsError",),
+                     edit=(("set", ("history",), [EVIL]),))
     obj = {k: v for k, v in weights.load_weights(tiny_weights)[0].items() if k != "source"}
-    res = fuzz._run_loader(case, obj, tiny_weights, tmp_path)
+    res = load_case(case, obj, tiny_weights, tmp_path)
     assert "loading ran code from the file" in res["problems"]
 
 
@@ -175,8 +180,8 @@ def test_harness_judges_the_command_line(tmp_path):
     spec = {"argv": [], "expect": (2,), "checks": [("absent", "gone")]}
     (tmp_path / "kept").write_bytes(b"x")
     (tmp_path / "gone").write_bytes(b"x")
-    before = fuzz._snapshot(tmp_path)
-    judge = lambda code, stderr="compass info: damaged\n": fuzz._judge_cli(spec, tmp_path, before, code, "", stderr)
+    before = snapshot(tmp_path)
+    judge = lambda code, stderr="compass info: damaged\n": judge_command(spec, tmp_path, before, code, "", stderr)
     assert judge(2) == ["gone is there"]
     (tmp_path / "gone").unlink()
     assert judge(2) == []
@@ -201,15 +206,15 @@ def test_refusals_of_huge_declarations_come_before_any_allocation(tiny_codec, ph
     body = data[offset:]
     name, mid = header.model_name.encode(), header.model_id
     layers = [(l.height, l.width, 0) for l in header.layers]
-    between = fuzz.raw_header(name, mid, layers[:1] + [(9000, 9000, 0)]) + body  # 81 MP: over 2^26, under 2^28
+    between = raw_header(name, mid, layers[:1] + [(9000, 9000, 0)]) + body  # 81 MP: over 2^26, under 2^28
     assert bitstream.read_header(between, max_pixels=1 << 28)[0].layers[1].pixels == 81_000_000
     for read in (tiny_codec.decode, bitstream.read_header, bitstream.info):
         with pytest.raises(bitstream.LimitExceeded, match="over the limit of 67108864"):
             read(between)
     with pytest.raises(bitstream.LimitExceeded, match="67108864"):
-        bitstream.read_header(fuzz.raw_header(name, mid, layers[:1] + [(2**32 - 1, 2**32 - 1, 0)]) + body)
+        bitstream.read_header(raw_header(name, mid, layers[:1] + [(2**32 - 1, 2**32 - 1, 0)]) + body)
     with pytest.raises(bitstream.LimitExceeded, match="17 layers"):
-        tiny_codec.decode(fuzz.raw_header(name, mid, layers + layers[-1:] * 15) + body)
+        tiny_codec.decode(raw_header(name, mid, layers + layers[-1:] * 15) + body)
 
 
 _OOM_SCRIPT = r"""

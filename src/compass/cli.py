@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_MODEL, DEFAULT_SINGLE, limits
+from . import DEFAULT_MODEL, DEFAULT_SINGLE, fuzz, limits
 from .errors import CompassError
 
 
@@ -246,14 +246,6 @@ def _eval(args) -> int:
     return 0
 
 
-def _fuzz(args) -> int:
-    from .fuzz import run
-
-    report = run(args.cases, args.seed, args.models, args.timeout, args.memory_mb, args.only, progress=500)
-    print(report.text())
-    return 1 if report.failures else 0
-
-
 def _bench(args) -> int:
     if args.train:
         return _bench_train(args)
@@ -409,15 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder, hostile input to the "
                                      "command line and the loaders (docs/reliability.md)")
-    z.add_argument("--cases", type=int, default=2000, help="number of cases (default 2000)")
-    z.add_argument("--seed", type=int, default=0)
-    z.add_argument("--model", "--weights", dest="models", action="append",
-                   help="model under test, repeatable (default: two tiny random-weight models, and compass-cpu "
-                        "when it is registered)")
-    z.add_argument("--timeout", type=float, default=10.0, help="seconds a case may take before it is a hang")
-    z.add_argument("--memory-mb", type=int, default=2048, help="address space a case may add (MiB)")
-    z.add_argument("--only", type=int, nargs="+", metavar="CASE", help="run only these cases, with details")
-    z.set_defaults(func=_fuzz)
+    fuzz.add_arguments(z)
+    z.set_defaults(func=fuzz.main)
 
     n = sub.add_parser("encode-dir", help="encode a folder of images for `compass serve` (skips what is up to date)")
     n.add_argument("src")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from compass import bench
+from compass.bench.measure import liff_macs, liff_widths, make_large
 from compass.cli import main
 from compass.procstat import peak_rss_mb, reset_peak
 from compass.imageio import save_image, to_pixels
@@ -63,7 +63,7 @@ def test_bench_runs_end_to_end_and_writes_every_field(tmp_path, tiny_weights, ti
 
 def test_large_image_is_an_upscale_mirrored_without_seams():
     px = to_pixels(synthetic_image(20, 30, seed=5))
-    big = bench.make_large(px, (50, 70))
+    big = make_large(px, (50, 70))
     assert big.shape == (50, 70, 3)
     np.testing.assert_array_equal(big[:40, 60:], big[:40, 59:49:-1])  # mirrored at the upscale's right edge
     np.testing.assert_array_equal(big[40:], big[39:29:-1])
@@ -74,13 +74,13 @@ def test_large_image_is_an_upscale_mirrored_without_seams():
 def test_mac_counts_match_the_operations_run(widths, scale):
     """The cost model counts what the code multiplies: torch's FLOP counter on both formulations (it sees the
     matrix products, the per-source projection's convolution and the filter product's batched products)."""
-    cfg = bench.liff_widths()[widths]
+    cfg = liff_widths()[widths]
     torch.manual_seed(0)
     m = LIFF(cfg).eval()
     src, size = (4, 6), (4 * scale, 6 * scale)
     f = torch.randn(1, cfg.feat, *src)
     pixels = size[0] * size[1]
-    macs = bench.liff_macs(cfg, scale)
+    macs = liff_macs(cfg, scale)
     with torch.no_grad():
         with FlopCounterMode(display=False) as direct:
             direct_query(m, f, size)

@@ -3,8 +3,8 @@ import pytest
 from conftest import synthetic_image
 from PIL import Image
 
-from compass.evaluate.baselines import (BASELINES, _j2k_decode, _j2k_encode, _j2k_layout, _j2k_prefix, hevc444,
-                                        jpeg, jpeg2000, jpeg2000_levels, jpeg2000_lowpass)
+from compass.evaluate.baselines import (BASELINES, hevc444, j2k_decode, j2k_encode, j2k_layout, j2k_prefix, jpeg,
+                                        jpeg2000, jpeg2000_levels, jpeg2000_lowpass)
 from compass.evaluate.metrics import psnr, to_float
 from compass.paths import data_dir
 
@@ -61,13 +61,13 @@ def test_jpeg2000_levels(photo):
 def test_jpeg2000_prefix_is_exact(photo):
     """PLT removal gives the stream OpenJPEG writes without PLT; each prefix decodes like the whole stream."""
     options = dict(irreversible=True, quality_mode="rates", quality_layers=[24.0])
-    layout = _j2k_layout(_j2k_encode(photo, plt=True, **options))
-    assert layout.stream == _j2k_encode(photo, **options)
-    assert _j2k_prefix(layout, 0) == layout.stream
+    layout = j2k_layout(j2k_encode(photo, plt=True, **options))
+    assert layout.stream == j2k_encode(photo, **options)
+    assert j2k_prefix(layout, 0) == layout.stream
     for r in (1, 2, 3):
-        prefix = _j2k_prefix(layout, r)
+        prefix = j2k_prefix(layout, r)
         assert len(prefix) < len(layout.stream)
-        np.testing.assert_array_equal(_j2k_decode(prefix, r), _j2k_decode(layout.stream, r))
+        np.testing.assert_array_equal(j2k_decode(prefix, r), j2k_decode(layout.stream, r))
 
 
 def test_registry_sweeps():

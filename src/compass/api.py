@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from . import DEFAULT_MODEL, bitstream
+from . import DEFAULT_MODEL, DEFAULT_QUALITY, bitstream
 from .errors import CompassError
 from .entropy import CodingError
 from .imageio import LoadedImage, all_finite, from_pil, load_image, to_pixels, to_tensor
@@ -30,7 +30,6 @@ from .scalable import LayerCode
 from .weights import build_scalable, load_weights, registered
 
 DEFAULT_LAYERS = (0.25, 0.5, 1.0)
-DEFAULT_QUALITY = 0.5
 BICUBIC = "+bicubic"  # a model name's suffix for the bicubic-predictor ablation
 FIT_STEPS = 256  # the quality grid a byte target is searched on (q = i / FIT_STEPS)
 

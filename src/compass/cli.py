@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_MODEL, DEFAULT_SINGLE, fuzz, limits
+from . import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SINGLE, argtypes, bench, fuzz, limits
 from .errors import CompassError
 
 
@@ -22,76 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _count(low: int, what: str):
-    """An argument type: an integer of at least `low`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected {what} >= {low}, got {text!r}")
-        return value
-
-    return parse
-
-
-_steps = _count(0, "a step count")
-_positive = _count(1, "a whole number")
-
-
-def _sizes(text: str) -> list[tuple[int, int]]:
-    """'192x128,384x256' (width x height, as image sizes are usually written) -> [(h, w), ...]."""
-    out = []
-    for t in text.split(","):
-        try:
-            w, h = (int(v) for v in t.lower().split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"sizes are WIDTHxHEIGHT, got {t!r}") from None
-        out.append((h, w))
-    return out
-
-
-def _scales(text: str) -> list[float | tuple[float, float]]:
-    """'1.6,2.4' or '1.5x2.0' (horizontal x vertical) per step between layers -> factors (vertical, horizontal)."""
-    out = []
-    for t in text.split(","):
-        try:
-            parts = [float(v) for v in t.lower().split("x")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"scales are F or FxxFy, got {t!r}") from None
-        if len(parts) == 1:
-            out.append(parts[0])
-        elif len(parts) == 2:
-            out.append((parts[1], parts[0]))
-        else:
-            raise argparse.ArgumentTypeError(f"scales are F or FxxFy, got {t!r}")
-    return out
-
-
-def _byte_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a byte count, not {text!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"a byte count must be positive, not {n}")
-    return n
-
-
-
-def _byte_counts(text: str) -> list[int]:
-    return [_byte_count(t) for t in text.split(",")]
 
 
 def _codec(args, data: bytes | None = None):
@@ -211,16 +141,6 @@ def _train(args) -> int:
     return 0
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/2, not {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"need 0 <= I < N, not {text!r}")
-    return i, n
-
-
 def _eval(args) -> int:
     from .evaluate.report import bd_table
     from .evaluate.run import evaluate
@@ -244,49 +164,6 @@ def _eval(args) -> int:
     print(f"BD-rate of COMPASS (%, top layer; n/a: see the report)\n{bd_table(results, paper=False)}")
     print(f"wrote {out / 'report.md'}, results.json, points.jsonl.gz and plots")
     return 0
-
-
-def _bench(args) -> int:
-    if args.train:
-        return _bench_train(args)
-    from .bench import format_report, run, write_json
-
-    log = None if args.quiet else (lambda message: print(f"compass bench: {message}", file=sys.stderr))
-    results = run(args.image, model=args.model, single=args.single, layers=args.layers, bpp=args.bpp,
-                  quality=args.quality, qp=args.qp, repeat=args.repeat, repeat_large=args.repeat_large,
-                  warmup=args.warmup, large=args.large, threads=args.threads or 1, liff_size=args.liff_size, log=log)
-    print(format_report(results))
-    if args.json:
-        write_json(results, args.json)
-    return 0
-
-
-def _bench_train(args) -> int:
-    """`compass bench --train RECIPE`: training throughput of the variants, side by side in this process."""
-    import torch
-
-    from .train import load_recipe
-    from .train.throughput import compare, format_rows
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    log = None if args.quiet else (lambda row: print(f"compass bench: {row['variant']} done", file=sys.stderr))
-    rows = compare(load_recipe(args.train), args.stage, args.variants.split(","), device=args.device, data=args.data,
-                   batch=args.batch, crop=args.crop, seconds=args.seconds, rounds=args.rounds, log=log)
-    print(format_rows(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    return 0 if any("error" not in r for r in rows) else 1
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        widths = []
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths in pixels, e.g. 480,960, got {text!r}")
-    return widths
 
 
 def _encode_dir(args) -> int:
@@ -315,25 +192,15 @@ def _serve(args) -> int:
     return 0
 
 
-def _size_or_none(text: str) -> tuple[int, int] | None:
-    """'3840x2160' (width x height) -> (2160, 3840); 'none' -> None."""
-    if text.lower() == "none":
-        return None
-    sizes = _sizes(text)
-    if len(sizes) != 1:
-        raise argparse.ArgumentTypeError(f"expected one WIDTHxHEIGHT, got {text!r}")
-    return sizes[0]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="compass", description="Neural spatially scalable image codec (COMPASS): "
                                             "one file holds an image at several resolutions.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--threads", type=_positive, help="torch CPU threads")
+    p.add_argument("--threads", type=argtypes.positive, help="torch CPU threads")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def max_pixels(sp, default, why):
-        sp.add_argument("--max-pixels", type=_positive, default=default, metavar="N",
+        sp.add_argument("--max-pixels", type=argtypes.positive, default=default, metavar="N",
                         help=f"refuse images and layers of more than N pixels (default {default}: {why})")
 
     def model_args(sp, default: str):
@@ -348,18 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input")
     e.add_argument("output")
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--layers", type=_floats, help="fractions of the input size, e.g. 0.25,0.5,1 (default; 1 for a "
-                                                  "single-layer model)")
-    g.add_argument("--sizes", type=_sizes, help="layer sizes WIDTHxHEIGHT, the last one the input's")
-    g.add_argument("--scales", type=_scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
-    e.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    g.add_argument("--layers", type=argtypes.floats,
+                   help="fractions of the input size, e.g. 0.25,0.5,1 (default; 1 for a single-layer model)")
+    g.add_argument("--sizes", type=argtypes.sizes, help="layer sizes WIDTHxHEIGHT, the last one the input's")
+    g.add_argument("--scales", type=argtypes.scales, help="factors between layers, e.g. 1.6,2.4 or 1.5x2.0 (h x v)")
+    e.add_argument("-q", "--quality", type=float, default=DEFAULT_QUALITY,
+                   help=f"q in [0, 1] for every layer (default {DEFAULT_QUALITY})")
     t = e.add_mutually_exclusive_group()
-    t.add_argument("--qualities", type=_floats, help="one q per layer, overrides --quality")
-    t.add_argument("--max-bytes", type=_byte_count, metavar="N",
+    t.add_argument("--qualities", type=argtypes.floats, help="one q per layer, overrides --quality")
+    t.add_argument("--max-bytes", type=argtypes.byte_count, metavar="N",
                    help="the highest q (the same for every layer) that keeps the file within N bytes")
-    t.add_argument("--layer-bytes", type=_byte_counts, metavar="B0,B1,...",
+    t.add_argument("--layer-bytes", type=argtypes.byte_counts, metavar="B0,B1,...",
                    help="per layer, bottom first, the highest q that keeps the bytes up to that layer within Bk")
-    e.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
+    e.add_argument("--refine", type=argtypes.steps, default=0, metavar="STEPS",
                    help="optimize each layer's latents for this image for STEPS steps before coding (slower "
                         "encode, smaller file or better image, same decoder; 100 is a good value; default 0: off)")
     model_args(e, DEFAULT_MODEL)
@@ -396,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="training image folder (default: the recipe's, under the shared data root)")
     t.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the step count to this much wall-clock time (after a short probe), then stop")
-    t.add_argument("--threads", type=_positive, default=argparse.SUPPRESS, help="torch CPU threads")
+    t.add_argument("--threads", type=argtypes.positive, default=argparse.SUPPRESS, help="torch CPU threads")
     t.set_defaults(func=_train)
 
     z = sub.add_parser("fuzz", help="feed damaged, forged and foreign files to the decoder, hostile input to the "
@@ -408,10 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("src")
     n.add_argument("dst")
     g = n.add_mutually_exclusive_group()
-    g.add_argument("--layers", type=_floats, help="fractions of each image's size, e.g. 0.25,0.5,1 (default)")
-    g.add_argument("--sizes", type=_widths, help="layer widths in pixels, e.g. 480,960,1920; heights follow the "
-                                                 "aspect ratio, the image itself is the top layer")
-    n.add_argument("-q", "--quality", type=float, default=0.5, help="q in [0, 1] for every layer (default 0.5)")
+    g.add_argument("--layers", type=argtypes.floats, help="fractions of each image's size, e.g. 0.25,0.5,1 (default)")
+    g.add_argument("--sizes", type=argtypes.widths, help="layer widths in pixels, e.g. 480,960,1920; heights follow "
+                                                         "the aspect ratio, the image itself is the top layer")
+    n.add_argument("-q", "--quality", type=float, default=DEFAULT_QUALITY,
+                   help=f"q in [0, 1] for every layer (default {DEFAULT_QUALITY})")
     n.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL}; "
                                                           "compass-cpu-mini decodes fastest)")
     n.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
@@ -446,46 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--configs", nargs="+", metavar="CONFIG",
                    help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
-    v.add_argument("--shard", type=_shard, metavar="I/N",
+    v.add_argument("--shard", type=argtypes.shard, metavar="I/N",
                    help="only fill the cache with share I of N (0-based), e.g. two processes with --threads 1 "
                         "and --shard 0/2, 1/2; then run without --shard to write the results")
     v.set_defaults(func=_eval)
 
     b = sub.add_parser("bench", help="speed and memory beside the single-layer codec, JPEG 2000 and HEVC, side by "
                                      "side (docs/performance.md)")
-    b.add_argument("--image", help="test image (default: kodim23 of Kodak under the shared data root)")
-    b.add_argument("--model", help=f"scalable model: registered name or weights file (default: {DEFAULT_MODEL} "
-                                   "when registered, else random weights of the cpu size)")
-    b.add_argument("--single", help=f"single-layer model (default: {DEFAULT_SINGLE} when registered, else random)")
-    b.add_argument("--layers", type=_floats, default=[0.25, 0.5, 1.0], help="compass layers (default 0.25,0.5,1)")
-    b.add_argument("--bpp", type=float, default=0.5, help="rate every codec is set to, searched on the image "
-                                                          "(default 0.5)")
-    b.add_argument("--quality", type=float, help="compass and single-layer quality, instead of the rate search")
-    b.add_argument("--qp", type=int, help="HEVC QP, instead of the rate search")
-    b.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (default 5)")
-    b.add_argument("--repeat-large", type=int, default=2, help="timed runs on the large image (default 2)")
-    b.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
-    b.add_argument("--large", type=_size_or_none, default="3840x2160",
-                   help="WIDTHxHEIGHT of the large image made from the test image, or none (default 3840x2160)")
-    b.add_argument("--liff-size", type=int, default=128,
-                   help="output side of the LIFF micro-benchmark, 0 to skip it (default 128)")
-    b.add_argument("--threads", type=_positive, default=argparse.SUPPRESS, help="threads of every codec (default 1)")
-    b.add_argument("--json", help="also write the results to this JSON file")
-    b.add_argument("--quiet", action="store_true", help="no progress lines")
-    t = b.add_argument_group("training throughput (--train RECIPE instead of the coding benchmark)")
-    t.add_argument("--train", metavar="RECIPE", help="time full training steps of RECIPE's stage, in Mpixel/s")
-    t.add_argument("--stage", default="base", help="base, liff or joint (default base)")
-    t.add_argument("--variants", default="eager,eager-nchw,host-data",
-                   help="comma-separated: eager, eager-nchw, host-data, compiled, compiled-nchw "
-                        "(default eager,eager-nchw,host-data)")
-    t.add_argument("--seconds", type=float, default=10.0, help="timed seconds per variant and round (default 10)")
-    t.add_argument("--rounds", type=int, default=1, help="variants measured in turn this many times; the median "
-                                                         "counts (default 1)")
-    t.add_argument("--batch", type=int, help="batch size (default the stage's)")
-    t.add_argument("--crop", type=int, help="square crop side (default the stage's)")
-    t.add_argument("--data", help="training photo folder (default the recipe's, under the shared data root)")
-    t.add_argument("--device", help="cpu or cuda (default cuda when available)")
-    b.set_defaults(func=_bench)
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.main)
     return p
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import DEFAULT_MODEL
+from . import DEFAULT_MODEL, DEFAULT_QUALITY
 from .bitstream import SUFFIX
 from .errors import CompassError
 
@@ -83,7 +83,7 @@ def _encode_one(source: Path, out: Path, layers, widths, quality: float) -> None
 
 
 def encode_dir(src: str | os.PathLike, dst: str | os.PathLike, *, layers: Sequence[float] | None = None,
-               widths: Sequence[int] | None = None, quality: float = 0.5, model: str = DEFAULT_MODEL,
+               widths: Sequence[int] | None = None, quality: float = DEFAULT_QUALITY, model: str = DEFAULT_MODEL,
                jobs: int | None = None, force: bool = False, progress: bool = True,
                report: Callable[[str], None] | None = None) -> Report:
     """Encode every image below `src` into `dst` (see the module doc). `layers`: fractions of each image's size

@@ -45,7 +45,7 @@ def quantize_pmf(pmf: np.ndarray, tail: float, precision: int = PRECISION) -> np
     return freq
 
 
-class _TableCoder:
+class TableCoder:
     """Range-codes integer symbols, each with one of several integer frequency tables.
 
     Symbols are grouped by table (ascending table id, original order inside a group) so each group is coded
@@ -154,12 +154,12 @@ class _TableModel(nn.Module):
     def updated(self) -> bool:
         return self._lengths.numel() > 0
 
-    def coder(self) -> _TableCoder:
+    def coder(self) -> TableCoder:
         if not self.updated:
             raise NotUpdatedError(f"{type(self).__name__}: call update() before compress/decompress")
         key = (self._freqs.data_ptr(), int(self._freqs.sum()))
         if self._coder is None or self._coder_key != key:
-            self._coder = _TableCoder(self._freqs.cpu().numpy(), self._lengths.cpu().numpy(), self._offsets.cpu().numpy())
+            self._coder = TableCoder(self._freqs.cpu().numpy(), self._lengths.cpu().numpy(), self._offsets.cpu().numpy())
             self._coder_key = key
         return self._coder
 

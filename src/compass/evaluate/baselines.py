@@ -67,7 +67,7 @@ def _j2k_resolutions(height: int, width: int) -> int:
 
 
 @dataclass
-class _J2KLayout:
+class J2KLayout:
     """A single-tile, single-layer J2K codestream, PLT segments removed, with each packet's length."""
 
     stream: bytes
@@ -89,7 +89,7 @@ def _parse_plt(segment: bytes) -> list[int]:
     return lengths
 
 
-def _j2k_layout(stream: bytes) -> _J2KLayout:
+def j2k_layout(stream: bytes) -> J2KLayout:
     """Split an OpenJPEG codestream written with plt=True into headers and packets, dropping the PLT segments.
 
     Relies on what `jpeg2000_levels` asks OpenJPEG for (one tile, one tile-part, one quality layer, default
@@ -138,10 +138,10 @@ def _j2k_layout(stream: bytes) -> _J2KLayout:
     struct.pack_into(">I", out, sot + 6, len(out) - 2 - sot)  # Psot without the PLT bytes
     if len(lengths) != (decompositions + 1) * components or sum(lengths) != len(out) - 2 - data:
         raise ValueError("PLT packet lengths do not match the codestream")
-    return _J2KLayout(bytes(out), sot, data, components, lengths, decompositions)
+    return J2KLayout(bytes(out), sot, data, components, lengths, decompositions)
 
 
-def _j2k_prefix(layout: _J2KLayout, reduce: int) -> bytes:
+def j2k_prefix(layout: J2KLayout, reduce: int) -> bytes:
     """The shortest codestream a decoder needs for 1/2^reduce size: every packet of the lower resolutions + EOC."""
     packets = (layout.decompositions + 1 - reduce) * layout.packets_per_resolution
     end = layout.data + sum(layout.packet_lengths[:packets])
@@ -150,14 +150,17 @@ def _j2k_prefix(layout: _J2KLayout, reduce: int) -> bytes:
     return bytes(prefix)
 
 
-def _j2k_decode(stream: bytes, reduce: int) -> np.ndarray:
+def j2k_decode(stream: bytes, reduce: int) -> np.ndarray:
+    """A raw J2K codestream decoded at 1/2^reduce size."""
     im = Image.open(io.BytesIO(stream))
     im.reduce = reduce
     im.load()
     return _rgb(im)
 
 
-def _j2k_encode(image: np.ndarray, **options) -> bytes:
+def j2k_encode(image: np.ndarray, **options) -> bytes:
+    """A raw J2K codestream of `image` with the baselines' settings (RPCL, every resolution OpenJPEG takes);
+    `options` as Pillow's JPEG 2000 writer takes them (the rate)."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG2000", no_jp2=True, mct=1, progression="RPCL",
                                 num_resolutions=_j2k_resolutions(*image.shape[:2]), **options)
@@ -179,15 +182,15 @@ def jpeg2000_levels(image: np.ndarray, bpp: float, reduces=(0,)) -> dict[int, Co
     image = _check_image(image)
     if not bpp > 0:
         raise ValueError(f"bpp must be > 0, got {bpp}")
-    stream = _j2k_encode(image, irreversible=True, quality_mode="rates", quality_layers=[24.0 / bpp], plt=True)
-    layout = _j2k_layout(stream)
+    stream = j2k_encode(image, irreversible=True, quality_mode="rates", quality_layers=[24.0 / bpp], plt=True)
+    layout = j2k_layout(stream)
     full = len(layout.stream)
     out = {}
     for r in reduces:
         if not 0 <= r <= layout.decompositions:
             raise ValueError(f"reduce must be in [0, {layout.decompositions}] for this image, got {r}")
-        prefix = _j2k_prefix(layout, r)
-        out[r] = Coded(_j2k_decode(prefix, r), len(prefix), {
+        prefix = j2k_prefix(layout, r)
+        out[r] = Coded(j2k_decode(prefix, r), len(prefix), {
             "counted": "J2K codestream prefix" if r else "J2K codestream", "target_bpp": bpp,
             "full_bytes": full, "fraction": len(prefix) / full, "decompositions": layout.decompositions})
     return out
@@ -207,7 +210,7 @@ def jpeg2000_lowpass(image: np.ndarray, reduce: int) -> np.ndarray:
     on kodim05, against 47 / 52 dB from this one.
     """
     image = _check_image(image)
-    return _j2k_decode(_j2k_encode(image, irreversible=True), reduce)
+    return j2k_decode(j2k_encode(image, irreversible=True), reduce)
 
 
 # ---------------------------------------------------------------- HEVC (x265) in HEIF

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from compass.bench import liff_macs, rdn_macs
+from compass.bench.measure import liff_macs, rdn_macs
 from compass.liff import LIFF, LiffConfig
 from compass.train.config import load_recipe
 from compass.train.export import last_validation

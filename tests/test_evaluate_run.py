@@ -153,7 +153,7 @@ def test_cache_skips_work_and_tracks_weights(quick, crops, tiny_weights, tiny_si
 
     with monkeypatch.context() as m:
         m.setattr(Compass, "encode", refuse)
-        m.setattr(run, "_classical_layer_job", refuse)
+        m.setattr(run, "classical_layer_job", refuse)
         again = run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights,
                              cache=out / "cache", progress=False)
     assert again["stats"]["run"] == 0 and again["stats"]["cached"] == results["stats"]["jobs"]
@@ -180,7 +180,7 @@ def test_shards_split_the_jobs_and_a_plain_run_assembles_them(quick, crops, tiny
 
     with monkeypatch.context() as m:
         m.setattr(Compass, "encode", refuse)
-        m.setattr(run, "_classical_layer_job", refuse)
+        m.setattr(run, "classical_layer_job", refuse)
         whole = run.evaluate(crops, quick=True, model=tiny_weights, single=tiny_single_weights, cache=cache,
                              configs=cfg, progress=False)
     assert whole["stats"]["run"] == 0 and sum(s["run"] for s in stats) == whole["stats"]["jobs"]  # disjoint shares

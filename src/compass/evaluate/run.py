@@ -33,11 +33,7 @@ hold the weights' sha256, the image's pixel hash, the sizes, the rate parameter 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,21 +44,18 @@ import pillow_heif
 import torch
 from tqdm import tqdm
 
-from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
+from .. import DEFAULT_MODEL, DEFAULT_SINGLE
 from ..api import Compass
-from ..errors import CompassError
-from ..fileutil import atomic_write_bytes
-from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir, portable
-from ..resample import plan_from_scales, resize
+from ..resample import plan_from_scales
 from ..weights import WeightsError, load_weights
-from .baselines import BASELINES, HEVC_ENC_PARAMS, jpeg2000_levels, jpeg2000_lowpass
-from .bdrate import BDWarning, bd_problem, bd_psnr, bd_rate
-from .metrics import ms_ssim, ms_ssim_scales, psnr, to_float
+from .baselines import BASELINES, HEVC_ENC_PARAMS
+from .coding import (Cache, EvalImage, classical_layer_job, key_digest, levels_job, list_images, neural_layer_job,
+                     scalable_job)
 from .report import write_report
+from .summary import summarize
 
 CACHE_FORMAT = 1  # bump when a job's record changes meaning
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 QUICK_IMAGES = 3
 
 
@@ -121,144 +114,6 @@ def applies(method: Method, config: Config) -> bool:
     return method.kind != "levels" or config.dyadic
 
 
-# ---------------------------------------------------------------- images and scores
-
-
-class EvalImage:
-    """One test image with its layer targets (uint8, the same `resize` the codec uses), made once per size."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.name = path.name
-        self.pixels = load_image(path).pixels
-        self.sha256 = hashlib.sha256(repr(self.pixels.shape).encode() + self.pixels.tobytes()).hexdigest()
-        self._targets: dict[tuple[int, int], np.ndarray] = {}
-        self._lowpass: dict[int, np.ndarray] = {}
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.pixels.shape[0], self.pixels.shape[1]
-
-    def target(self, size: tuple[int, int]) -> np.ndarray:
-        size = tuple(size)
-        if size not in self._targets:
-            self._targets[size] = to_pixels(resize(to_tensor(self.pixels), size))
-        return self._targets[size]
-
-    def lowpass(self, reduce: int) -> np.ndarray:
-        if reduce not in self._lowpass:
-            self._lowpass[reduce] = jpeg2000_lowpass(self.pixels, reduce)
-        return self._lowpass[reduce]
-
-
-def list_images(folder: str | Path, count: int | None = None) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CompassError(f"{folder}: no such folder of test images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise CompassError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths[:count] if count else paths
-
-
-def score(reference: np.ndarray, decoded: np.ndarray) -> dict:
-    """RGB PSNR and MS-SSIM of uint8 images; MS-SSIM is None below its 11 px minimum."""
-    a, b = to_float(reference), to_float(decoded)
-    return {"psnr": psnr(a, b), "ms_ssim": ms_ssim(a, b) if ms_ssim_scales(*a.shape[:2]) else None}
-
-
-def _layer(ref: np.ndarray, decoded: np.ndarray, num_bytes: int, noheader: int, **extra) -> dict:
-    return {"height": decoded.shape[0], "width": decoded.shape[1], "bytes": int(num_bytes),
-            "bytes_noheader": int(noheader), **score(ref, decoded), **extra}
-
-
-# ---------------------------------------------------------------- coding jobs
-# Each returns (record, decoded images): the record is cached, the images only serve the visual comparison.
-
-
-def _scalable_job(codec: Compass, image: EvalImage, plan, q: float):
-    data = codec.encode(image.pixels, sizes=plan, quality=q)
-    meta = bitstream.info(data)
-    decoded = codec.decode_all(data)
-    layers = [_layer(image.target(size), img, m["total_bytes"], m["total_bytes"] - meta["header_bytes"])
-              for size, img, m in zip(plan, decoded, meta["layers"])]
-    return {"layers": layers, "header_bytes": meta["header_bytes"]}, decoded
-
-
-def _neural_layer_job(single: Compass, image: EvalImage, size, q: float):
-    """Code one layer as a real 1-layer compass file, then decode it from the bytes."""
-    target = image.target(size)
-    data = single.encode(target, layers=(1.0,), quality=q)
-    img = single.decode(data)
-    header_bytes = bitstream.info(data)["header_bytes"]
-    return {"layers": [_layer(target, img, len(data), len(data) - header_bytes)]}, [img]
-
-
-def _classical_layer_job(codec: str, image: EvalImage, size, param):
-    target = image.target(size)
-    coded = BASELINES[codec].code(target, param)
-    extra = {"container_bytes": coded.info["file_bytes"]} if "file_bytes" in coded.info else {}
-    return {"layers": [_layer(target, coded.image, coded.num_bytes, coded.num_bytes, **extra)]}, [coded.image]
-
-
-def _levels_job(image: EvalImage, plan, bpp: float):
-    """JPEG 2000 coded once; layer k decoded at reduce K-k from its codestream prefix, scored vs its own low-pass.
-
-    `psnr_bicubic` scores the same decode against compass's bicubic target where the sizes agree.
-    """
-    reduces = tuple(range(len(plan) - 1, -1, -1))
-    coded = jpeg2000_levels(image.pixels, bpp, reduces)
-    layers, decoded = [], []
-    for size, r in zip(plan, reduces):
-        c = coded[r]
-        extra = {}
-        if r and c.image.shape[:2] == tuple(size):
-            extra["psnr_bicubic"] = psnr(to_float(image.target(size)), to_float(c.image))
-        ref = image.lowpass(r) if r else image.pixels
-        layers.append(_layer(ref, c.image, c.num_bytes, c.num_bytes, reference="j2k-lowpass" if r else "image",
-                             **extra))
-        decoded.append(c.image)
-    return {"layers": layers}, decoded
-
-
-# ---------------------------------------------------------------- cache
-
-
-def _digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-class Cache:
-    """Job records as JSON files named by the sha256 of their key; `folder=None` keeps nothing."""
-
-    def __init__(self, folder: str | Path | None):
-        self.folder = Path(folder) if folder is not None else None
-
-    def _path(self, key: dict) -> Path | None:
-        if self.folder is None:
-            return None
-        h = _digest(key)
-        return self.folder / h[:2] / f"{h}.json"
-
-    def get(self, key: dict) -> dict | None:
-        path = self._path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            entry = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed
-        return entry["record"] if entry.get("key") == json.loads(json.dumps(key)) else None
-
-    def put(self, key: dict, record: dict) -> None:
-        path = self._path(key)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps({"key": key, "record": record}).encode())
-
-
-# ---------------------------------------------------------------- the evaluation
-
 
 @dataclass
 class _Job:
@@ -304,17 +159,17 @@ class _Context:
         if method.kind == "scalable":
             codec = self.codecs[method.name]
             return [_Job(dict(key, job="scalable", predictor=method.name, sizes=plan),
-                         lambda: _scalable_job(codec, image, plan, param))]
+                         lambda: scalable_job(codec, image, plan, param))]
         if method.kind == "levels":
-            return [_Job(dict(key, job="jpeg2000-levels", sizes=plan), lambda: _levels_job(image, plan, param))]
+            return [_Job(dict(key, job="jpeg2000-levels", sizes=plan), lambda: levels_job(image, plan, param))]
         sizes = plan[-1:] if method.kind == "single" else plan
         return [_Job(dict(key, job="layer", codec=method.codec, size=size),
                      self._layer_runner(method, image, size, param)) for size in sizes]
 
     def _layer_runner(self, method: Method, image: EvalImage, size, param):
         if method.codec == "neural":
-            return lambda: _neural_layer_job(self.single, image, size, param)
-        return lambda: _classical_layer_job(method.codec, image, size, param)
+            return lambda: neural_layer_job(self.single, image, size, param)
+        return lambda: classical_layer_job(method.codec, image, size, param)
 
 
 def _describe(obj: dict, source, digest: str) -> dict:
@@ -408,7 +263,7 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
     unique = {}
     for pt in points:
         for job in pt.jobs:
-            unique.setdefault(_digest(job.key), job)
+            unique.setdefault(key_digest(job.key), job)
     if shard is not None:
         if store.folder is None:
             raise ValueError("a shard needs a cache to fill")
@@ -436,7 +291,7 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
                   "methods": {m.name: {"label": m.label, "codec": m.codec, "kind": m.kind,
                                        "parameter": PARAMETER[m.codec], "sweep": list(sweeps[m.codec])}
                               for m in chosen}},
-        "points": [_assemble(pt, [records[_digest(j.key)] for j in pt.jobs]) for pt in points],
+        "points": [_assemble(pt, [records[key_digest(j.key)] for j in pt.jobs]) for pt in points],
     }
     results["summary"] = summarize(results)
     results["stats"] = {"jobs": len(unique), "run": ran, "cached": len(unique) - ran,
@@ -445,78 +300,6 @@ def evaluate(data: str | Path | None = None, out: str | Path | None = None, *, q
         write_report(results, out, _visual_points(ctx, points, results["points"], test_images[0], cfgs))
     return results
 
-
-# ---------------------------------------------------------------- summary
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def _db(ms: float) -> float:
-    """MS-SSIM in dB, -10 log10(1 - MS-SSIM), the usual axis for BD on MS-SSIM."""
-    return math.inf if ms >= 1 else -10 * math.log10(1 - ms)
-
-
-def mean_curves(points: list[dict]) -> dict:
-    """{method: {config: {layer: {param, bpp, bpp_noheader, psnr, ms_ssim, psnr_bicubic?}}}}, lists in sweep order.
-
-    Each rate point is averaged over the images (mean bpp, mean PSNR, mean MS-SSIM at one q / qp / target bpp),
-    the way published Kodak curves are; MS-SSIM is None where a layer is too small for it.
-    """
-    groups: dict = {}
-    for p in points:
-        for l in p["layers"]:
-            groups.setdefault((p["method"], p["config"], l["layer"]), {}).setdefault(p["param"], []).append(l)
-    curves: dict = {}
-    for (method, config, layer), by_param in groups.items():
-        params = list(by_param)
-        c = {"param": params}
-        for f in ("bpp", "bpp_noheader", "psnr", "ms_ssim", "psnr_bicubic"):
-            vals = [_mean(l.get(f) for l in by_param[p]) for p in params]
-            if any(v is not None for v in vals):
-                c[f] = vals
-        curves.setdefault(method, {}).setdefault(config, {})[str(layer)] = c
-    return curves
-
-
-def _bd(test: dict, anchor: dict) -> dict:
-    """BD-rate (PSNR, PSNR without headers, MS-SSIM dB) and BD-PSNR of test vs anchor; None + reason where NaN."""
-    out = {}
-    pairs = {"bd_rate": (bd_rate, "bpp", "psnr"), "bd_rate_noheader": (bd_rate, "bpp_noheader", "psnr"),
-             "bd_psnr": (bd_psnr, "bpp", "psnr"), "bd_rate_msssim": (bd_rate, "bpp", "ms_ssim")}
-    for name, (fn, rate, quality) in pairs.items():
-        if quality not in test or quality not in anchor or None in test[quality] or None in anchor[quality]:
-            out[name], out[f"{name}_reason"] = None, f"no {quality} on every point (layer too small)"
-            continue
-        qt, qa = test[quality], anchor[quality]
-        if quality == "ms_ssim":
-            qt, qa = [_db(v) for v in qt], [_db(v) for v in qa]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BDWarning)
-            value = fn(test[rate], qt, anchor[rate], qa)
-        out[name] = None if math.isnan(value) else value
-        if out[name] is None:
-            out[f"{name}_reason"] = (bd_problem(test[rate], qt, anchor[rate], qa, "psnr" if fn is bd_psnr else "rate")
-                                     or "the Bjontegaard integral is undefined for these curves")
-    return out
-
-
-def summarize(results: dict) -> dict:
-    """Mean curves, and BD values of compass against every other method on each configuration's top layer."""
-    curves = mean_curves(results["points"])
-    bd: dict = {}
-    for method in results["setup"]["methods"]:
-        if method == "compass":
-            continue
-        for config, info in results["setup"]["configs"].items():
-            top = str(info["layers"] - 1)
-            anchor = curves.get(method, {}).get(config, {}).get(top)
-            test = curves.get("compass", {}).get(config, {}).get(top)
-            if anchor is not None and test is not None:
-                bd.setdefault(method, {})[config] = _bd(test, anchor)
-    return {"averaging": "per rate point: mean bpp and mean quality over the images", "curves": curves, "bd": bd}
 
 
 # ---------------------------------------------------------------- the visual comparison

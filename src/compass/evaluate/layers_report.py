@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -26,6 +24,7 @@ from ..api import Compass
 from ..codec import MeanScaleHyperprior
 from ..imageio import load_image, to_pixels, to_tensor
 from ..paths import data_dir
+from ..procs import map_in_children, serve
 from ..refine import RefineConfig
 from ..resample import plan_from_fractions, resize
 from ..weights import build_codec, load_weights
@@ -83,16 +82,12 @@ def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine
     return out
 
 
-_WORKER: dict = {}
-
-
-def _worker_init(single: str) -> None:
+def serve_images(channel, single: str) -> None:
+    """A child of `single_layer_table` (`procs.map_in_children`): one thread, the codec loaded once, an image's
+    rows for each (pixels, qualities, refine) sent."""
     torch.set_num_threads(1)
-    _WORKER["single"] = _load_single(single)
-
-
-def _worker_image(args) -> list[dict]:
-    return _single_image(_WORKER["single"], *args)
+    codec = _load_single(single)
+    serve(channel, lambda work: _single_image(codec, *work))
 
 
 def _load_single(single: str) -> MeanScaleHyperprior:
@@ -106,9 +101,9 @@ def single_layer_table(single: str, images: list[np.ndarray], qualities=SINGLE_Q
     `jobs` > 1 codes images in that many processes of one thread each (the same bytes: coding is one-threaded)."""
     work = [(px, qualities, refine) for px in images]
     if jobs > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, ctx, initializer=_worker_init, initargs=(single,)) as pool:
-            per_image = list(tqdm(pool.map(_worker_image, work), total=len(work), desc="single-layer"))
+        with tqdm(total=len(work), desc="single-layer") as bar:
+            per_image = map_in_children("compass.evaluate.layers_report:serve_images", (single,), work, jobs,
+                                        done=bar.update)
     else:
         codec = _load_single(single)
         per_image = [_single_image(codec, *w) for w in tqdm(work, desc="single-layer")]

@@ -25,7 +25,7 @@ from torch import nn
 from .bitstream import valid_model_name
 from .codec import CodecConfig, MeanScaleHyperprior
 from .errors import CompassError
-from .fileutil import open_input
+from .fileutil import atomic_write, open_input
 from .liff import LIFF, LiffConfig
 from .limits import MAX_HIDDEN_LAYERS, MODEL_CONFIG_MAX
 from .scalable import ScalableCodec
@@ -114,10 +114,7 @@ def export(modules: dict[str, nn.Module], configs: dict, name: str, path: str | 
             raise WeightsError(f"the base of {name!r} is not the codec of {base_ref!r}: it cannot refer to it")
         del obj["state"]["base"]
         obj["base_from"] = {"model": base_ref, "sha256": _file_sha(base_ref)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
     return sha256_file(path)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
 from ..codec import CodecConfig, MeanScaleHyperprior
+from ..fileutil import atomic_write_bytes
 from ..liff import LIFF, LiffConfig
 from ..weights import PRETRAINED_DIR, export, manifest, safe_load
 
@@ -72,11 +72,7 @@ def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training:
     man = manifest(target)
     man["models"][name] = {"file": path.name, "sha256": sha, "bytes": path.stat().st_size, "kind": kind,
                            "config": configs, "training": training}
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(man, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, target)
+    atomic_write_bytes(target, (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
 
 
 def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PRETRAINED_DIR,

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..fileutil import atomic_write
 from ..paths import data_dir
 from ..weights import safe_load
 from .config import stage_config
@@ -49,13 +50,8 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over the target."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save by the rule of `fileutil.atomic_write`: a checkpoint is either complete or the old one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def shipped_sources(cfg: dict, init: str | None) -> dict:
@@ -394,7 +390,5 @@ def plot_log(log_path: Path, out_path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out_path.with_name(out_path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(out_path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, out_path)

@@ -175,7 +175,7 @@ def tiny_codec(tiny_weights):
 @pytest.fixture(scope="session")
 def photo_pixels():
     """A 45x67 photo-like uint8 image (odd sides)."""
-    from compass.imageio import to_pixels
+    from compass.pixels import to_pixels
 
     return to_pixels(synthetic_image(45, 67, seed=3))
 

@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from compass.bench.measure import liff_macs, liff_widths, make_large
 from compass.cli import main
 from compass.procstat import peak_rss_mb, reset_peak
-from compass.imageio import save_image, to_pixels
+from compass.imageio import save_image
+from compass.pixels import to_pixels
 from compass.liff import LIFF, LIFF_SIZES, direct_query
 
 from conftest import synthetic_image

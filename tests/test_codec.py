@@ -12,7 +12,8 @@ from conftest import (calibrated_codec, coded_symbols, estimated_bits, run_pytho
 
 from compass.codec import CODEC_SIZES, MeanScaleHyperprior
 from compass.entropy import NotUpdatedError
-from compass.quality import LAMBDA_MAX, LAMBDA_MIN, check_quality, interpolate_log_gains, q_to_lambda
+from compass.limits import check_quality
+from compass.quality import LAMBDA_MAX, LAMBDA_MIN, interpolate_log_gains, q_to_lambda
 
 SIZES = [(1, 1), (2, 3), (17, 31), (64, 48)]
 QUALITIES = [0.0, 0.3, 1.0]

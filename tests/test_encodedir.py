@@ -28,7 +28,7 @@ def _widths(path) -> list[int]:
 
 
 def test_encode_dir_encodes_in_workers_resumes_and_goes_on_past_failures(tmp_path):
-    from compass.imageio import to_pixels
+    from compass.pixels import to_pixels
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "sub").mkdir(parents=True)

@@ -14,7 +14,7 @@ from compass.evaluate import run
 from compass.evaluate.report import load_results
 from compass.evaluate.baselines import hevc444
 from compass.evaluate.report import Footnotes, bd_table
-from compass.imageio import to_tensor
+from compass.pixels import to_tensor
 from compass.paths import data_dir
 from compass.resample import plan_from_scales
 from compass.weights import build_codec, load_weights

@@ -16,7 +16,8 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 from compass import fileutil, imageio, limits
 from compass.errors import CompassError
 from compass.fileutil import atomic_write_bytes, same_file
-from compass.imageio import ImageError, all_finite, load_image, save_image, to_pixels, to_tensor
+from compass.imageio import ImageError, load_image, save_image
+from compass.pixels import all_finite, to_pixels, to_tensor
 
 RNG = np.random.default_rng(0)
 

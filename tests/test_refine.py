@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compass.api import Compass
-from compass.imageio import load_image, to_tensor
+from compass.imageio import load_image
+from compass.pixels import to_tensor
 from compass.quality import q_to_lambda
 from compass.refine import RefineConfig, refine_latents, sga_round
 from compass.weights import build_codec, load_weights
@@ -157,7 +158,7 @@ def test_refine_gain_tool_reports_bd_per_plan_and_layer():
 def test_decoder_ceiling_tool_orders_its_ceilings(single, crop):
     """experiments/decoder_ceiling/decoder_ceiling.py on the shipped codec: the unquantized decode beats the coded one, and latents
     optimized for the MSE beat the encoder's."""
-    from compass.imageio import to_pixels
+    from compass.pixels import to_pixels
 
     tool = _tool("decoder_ceiling")
     px = to_pixels(crop)

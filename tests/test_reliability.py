@@ -26,7 +26,7 @@ from compass.fuzz.commands import judge_command, snapshot
 from compass.fuzz.format import FUZZ_MAX_PIXELS, Case, raw_chunk, raw_header, split
 from compass.fuzz.hostile import EVIL
 from compass.fuzz.worker import Worker, decode_case, encode_corpus, load_case
-from compass.imageio import to_pixels
+from compass.pixels import to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_running_out_of_memory_is_a_compass_error(tiny_weights, tmp_path):
 _DET_SCRIPT = r"""
 import hashlib, json, sys, numpy as np, torch
 from compass.api import Compass
-from compass.imageio import to_tensor
+from compass.pixels import to_tensor
 from compass.resample import pyramid
 threads, model, predictor, pixels, out, other = int(sys.argv[1]), *sys.argv[2:]
 torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ import torch
 from compass import bitstream
 from compass.api import Compass, DecodeMismatch, ModelMismatch
 from compass.errors import CompassError
-from compass.imageio import to_pixels, to_tensor
+from compass.pixels import to_pixels, to_tensor
 from compass.resample import pyramid
 
 from conftest import tiny_scalable_weights

@@ -20,7 +20,8 @@ from compass import DEFAULT_SINGLE
 from compass.evaluate.baselines import jpeg2000
 from compass.evaluate.metrics import psnr_uint8
 from compass.evaluate.run import list_images
-from compass.imageio import load_image, to_pixels, to_tensor
+from compass.imageio import load_image
+from compass.pixels import to_pixels, to_tensor
 from compass.paths import data_dir
 from compass.weights import build_codec, load_weights
 

@@ -29,7 +29,8 @@ import numpy as np
 from compass import bitstream
 from compass.encodedir import encode_dir
 from compass.evaluate.run import list_images
-from compass.imageio import load_image, save_image, to_pixels, to_tensor
+from compass.imageio import load_image, save_image
+from compass.pixels import to_pixels, to_tensor
 from compass.paths import data_dir
 from compass.resample import plan_from_fractions, pyramid
 from compass.serve.process import free_port, serving

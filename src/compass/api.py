@@ -22,8 +22,9 @@ from PIL import Image as PILImage
 from . import DEFAULT_MODEL, DEFAULT_QUALITY, bitstream
 from .errors import CompassError
 from .entropy import CodingError
-from .imageio import LoadedImage, all_finite, from_pil, load_image, to_pixels, to_tensor
+from .imageio import LoadedImage, from_pil, load_image
 from .limits import MAX_PIXELS
+from .pixels import all_finite, to_pixels, to_tensor
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode

@@ -7,7 +7,6 @@ one-line message. Reading layer k never touches a byte after chunk k, so a prefi
 """
 from __future__ import annotations
 
-import math
 import operator
 import struct
 import zlib
@@ -16,7 +15,7 @@ from typing import BinaryIO
 
 from .errors import CompassError
 from .fileutil import open_input, read_upto
-from .limits import MAX_LAYERS, MAX_PIXELS, chunk_bytes_limit
+from .limits import MAX_LAYERS, MAX_PIXELS, check_quality, chunk_bytes_limit
 
 MAGIC = b"\x89CMP"
 SUFFIX = ".cmp"  # the file name suffix compass files go by (encode-dir writes it, serve looks for it)
@@ -74,10 +73,7 @@ class ChunkCRCMismatch(ChunkError):
 
 
 def _quality_code(q: float) -> int:
-    q = float(q)
-    if not math.isfinite(q) or not 0.0 <= q <= 1.0:
-        raise ValueError(f"quality must be in [0, 1], got {q}")
-    return round(q * QUALITY_STEPS)
+    return round(check_quality(q) * QUALITY_STEPS)
 
 
 def quantize_quality(q: float) -> float:

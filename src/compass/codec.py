@@ -16,7 +16,8 @@ from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
 from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
-from .quality import LAMBDA_MAX, LAMBDA_MIN, check_quality, interpolate_log_gains, q_to_lambda
+from .limits import check_quality
+from .quality import LAMBDA_MAX, LAMBDA_MIN, interpolate_log_gains, q_to_lambda
 from .refine import RefineConfig, refine_latents
 
 

@@ -37,8 +37,7 @@ Writing (`save_image`) is lossless only, chosen by the extension: .png (and no e
 .tif/.tiff, .bmp; others, JPEG included, are refused. Files are written atomically
 (`compass.fileutil.atomic_write`): a failure leaves no partial file and any previous file untouched.
 
-Pixels and tensors: `to_tensor` gives v / 255; `to_pixels` is THE rounding rule from model output to 8-bit,
-round(clamp(x, 0, 1) * 255), rounding halves to even (torch.round), the rule `resample.resize` quantizes with.
+Torch-free: pixels to and from tensors are `compass.pixels`.
 """
 from __future__ import annotations
 
@@ -52,15 +51,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
 
 from .errors import CompassError
 from .fileutil import atomic_write, open_input, read_upto
 from .limits import MAX_PIXELS, image_bytes_limit
 
-__all__ = ["FORMATS", "ImageError", "LoadedImage", "from_pil", "load_image", "save_image", "save_layers", "to_tensor",
-           "to_pixels"]
+__all__ = ["FORMATS", "ImageError", "LoadedImage", "check_pixels", "from_pil", "load_image", "save_image",
+           "save_layers"]
 
 FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 _SAVE_FORMATS = {"": "PNG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -163,7 +161,7 @@ def suffixes() -> set[str]:
 
 def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """Write uint8 (H, W, 3) RGB losslessly in the format of the extension, atomically."""
-    _check_pixels(pixels)
+    check_pixels(pixels)
     name = os.fsdecode(path)
     suffix = os.path.splitext(name)[1].lower()
     fmt = _SAVE_FORMATS.get(suffix)
@@ -201,36 +199,8 @@ def save_layers(layers: Iterable[np.ndarray], paths: Sequence[str | os.PathLike]
         raise
 
 
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1], v / 255."""
-    _check_pixels(pixels)
-    return torch.from_numpy(np.array(pixels.transpose(2, 0, 1), dtype=np.float32, order="C")).div_(255).unsqueeze(0)
-
-
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) or (3, H, W) float -> uint8 (H, W, 3) by THE rounding rule, round(clamp(x, 0, 1) * 255).
-
-    Halves round to even (torch.round). NaN is refused rather than written as an arbitrary level.
-    """
-    if x.dim() == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
-        raise ValueError(f"expected a float (1, 3, H, W) or (3, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
-    x = x.detach().cpu()
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    if torch.isnan(torch.aminmax(x).min):  # aminmax propagates NaN: one pass, nothing of the image's size
-        raise ValueError("tensor has NaN values")
-    return x.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """Whether every value is finite, in one pass and without a mask of the image's size (aminmax propagates NaN)."""
-    lo, hi = torch.aminmax(x)
-    return bool(torch.isfinite(lo) and torch.isfinite(hi))
-
-
-def _check_pixels(pixels: np.ndarray) -> None:
+def check_pixels(pixels: np.ndarray) -> None:
+    """Refuse (ValueError) anything but a non-empty uint8 (H, W, 3) array."""
     if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 3
             and pixels.shape[2] == 3 and pixels.shape[0] > 0 and pixels.shape[1] > 0):
         got = f"{pixels.dtype} {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__

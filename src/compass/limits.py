@@ -4,6 +4,8 @@ Why each exists and what it bounds: docs/reliability.md ("What is refused, what 
 """
 from __future__ import annotations
 
+import math
+
 MAX_LAYERS = 16  # layers in a file (the format's count byte would allow 255)
 MAX_PIXELS = 1 << 26  # pixels in a layer or an input image, the library's default: 8192 x 8192, more than 8K UHD
 CLI_MAX_PIXELS = 1 << 24  # `compass encode|decode` default (--max-pixels): 4096 x 4096, more than 4K UHD
@@ -22,6 +24,15 @@ STALE_TEMP_SECONDS = 600  # an output's temporary file untouched this long belon
 MODEL_CONFIG_MAX = {"N": 512, "M": 512, "levels": 64, "feat": 256, "growth": 128, "blocks": 8, "convs": 8,
                     "hidden": 1024}
 MAX_HIDDEN_LAYERS = 8
+
+
+def check_quality(q: float) -> float:
+    """q as a float, or ValueError when it is outside [0, 1] or not finite: the one check of a quality, for the
+    file format (`bitstream`) and the codec alike."""
+    q = float(q)
+    if not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        raise ValueError(f"quality must be in [0, 1], got {q}")
+    return q
 
 
 def chunk_bytes_limit(pixels: int) -> int:

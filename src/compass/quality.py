@@ -4,20 +4,10 @@ Training and coding both read it from here, so a q written into a file always me
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 LAMBDA_MIN = 0.0018
 LAMBDA_MAX = 0.0483
-
-
-def check_quality(q: float) -> float:
-    """Return q as a float, or raise ValueError when it is outside [0, 1] or not finite."""
-    q = float(q)
-    if not math.isfinite(q) or not 0.0 <= q <= 1.0:
-        raise ValueError(f"quality must be in [0, 1], got {q}")
-    return q
 
 
 def q_to_lambda(q, lambda_range: tuple[float, float] = (LAMBDA_MIN, LAMBDA_MAX)):

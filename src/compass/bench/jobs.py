@@ -70,7 +70,7 @@ def _single(spec: dict):
 
 
 def _job_single_encode(spec: dict, pixels: np.ndarray) -> dict:
-    from ..imageio import to_tensor
+    from ..pixels import to_tensor
 
     codec, sec = _single(spec)
     ready = status_mb("VmRSS")
@@ -83,7 +83,7 @@ def _job_single_encode(spec: dict, pixels: np.ndarray) -> dict:
 
 
 def _job_single_decode(spec: dict, pixels: np.ndarray) -> dict:
-    from ..imageio import to_pixels
+    from ..pixels import to_pixels
 
     codec, sec = _single(spec)
     strings = [bytes.fromhex(s) for s in json.loads(Path(spec["stream"]).read_text())]

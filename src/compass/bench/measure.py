@@ -66,7 +66,7 @@ def section_summary(runs: list[dict], totals: list[float]) -> dict:
 
 def make_large(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`pixels` upscaled 2x with `resample.resize`, then mirror-tiled (or cropped) to `size` (height, width)."""
-    from ..imageio import to_pixels, to_tensor
+    from ..pixels import to_pixels, to_tensor
     from ..resample import resize
 
     h, w = pixels.shape[:2]

@@ -55,7 +55,7 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
     from ..api import Compass
     from ..bitstream import quantize_quality
     from ..evaluate.baselines import hevc_encode, hevc_stream_bytes
-    from ..imageio import to_tensor
+    from ..pixels import to_tensor
     from ..weights import build_codec, load_weights
 
     px = pixels.shape[0] * pixels.shape[1]

@@ -12,7 +12,8 @@ from .. import bitstream
 from ..api import Compass
 from ..errors import CompassError
 from ..fileutil import atomic_write_bytes
-from ..imageio import load_image, to_pixels, to_tensor
+from ..imageio import load_image
+from ..pixels import to_pixels, to_tensor
 from ..resample import resize
 from .baselines import BASELINES, jpeg2000_levels, jpeg2000_lowpass
 from .metrics import ms_ssim, ms_ssim_scales, psnr, to_float

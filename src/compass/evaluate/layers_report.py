@@ -22,8 +22,9 @@ from tqdm import tqdm
 from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
 from ..api import Compass
 from ..codec import MeanScaleHyperprior
-from ..imageio import load_image, to_pixels, to_tensor
+from ..imageio import load_image
 from ..paths import data_dir
+from ..pixels import to_pixels, to_tensor
 from ..procs import map_in_children, serve
 from ..refine import RefineConfig
 from ..resample import plan_from_fractions, resize

@@ -6,7 +6,6 @@ all-reduce per step (gloo on CPU, nccl on GPU), so replicas stay equal. Only ran
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..paths import data_dir
 from ..weights import safe_load
 from .config import stage_config
 from .data import list_images, make_sampler, split, validation_crops
-from .stages import load_module_state, lr_at, make_stage
+from .stages import final_phase_start, load_module_state, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
 LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
@@ -320,7 +319,7 @@ class _Budget:
         self.deadline = time.monotonic() + seconds
         self.first = step
         self.cap = cfg["steps"]
-        self.final_fraction = cfg.get("final_fraction", 0.2)
+        self.cfg = cfg
         self.mark = None  # (time, step) the current rate is measured from
 
     def _fit(self, step: int, now: float) -> int:
@@ -337,7 +336,7 @@ class _Budget:
         elif done == self.WARMUP + self.PROBE:
             steps = self._fit(step, now)
         elif (done > self.WARMUP + self.PROBE and now - self.mark[0] >= self.REFIT * self.seconds
-              and step < math.floor(steps * (1 - self.final_fraction))):
+              and step < final_phase_start(self.cfg, steps)):
             steps = self._fit(step, now)
         return steps, now >= self.deadline
 

@@ -318,10 +318,15 @@ def make_stage(name: str, recipe: dict, cfg: dict, device: torch.device):
         raise KeyError(f"unknown stage {name!r}; known: {sorted(STAGES)}") from None
 
 
+def final_phase_start(cfg: dict, steps: int | None = None) -> int:
+    """The step at which the stage's final lr phase begins: the last `final_fraction` (default 0.2) of its
+    `steps` (default cfg["steps"])."""
+    return math.floor((cfg["steps"] if steps is None else steps) * (1 - cfg.get("final_fraction", 0.2)))
+
+
 def lr_at(cfg: dict, step: int) -> float:
-    """Constant lr, then lr_final for the last `final_fraction` of the steps; with `warmup`, the first that many
-    steps ramp up linearly (a fresh optimizer at a large batch's lr: every run starts at step 0)."""
-    switch = math.floor(cfg["steps"] * (1 - cfg.get("final_fraction", 0.2)))
-    lr = cfg["lr"] if step < switch else cfg.get("lr_final", cfg["lr"])
+    """Constant lr, then lr_final from `final_phase_start`; with `warmup`, the first that many steps ramp up
+    linearly (a fresh optimizer at a large batch's lr: every run starts at step 0)."""
+    lr = cfg["lr"] if step < final_phase_start(cfg) else cfg.get("lr_final", cfg["lr"])
     warmup = cfg.get("warmup", 0)
     return lr * min(1.0, (step + 1) / warmup) if warmup else lr

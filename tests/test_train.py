@@ -92,9 +92,9 @@ def test_time_budget_fits_the_steps_and_stops_at_the_deadline(case, tmp_path, da
                 "slower after the lr switch": lambda k: 1.0 if k <= 14 else 10.0}[case]
     clock = _Clock(duration)
     monkeypatch.setattr(loop, "time", clock)
-    monkeypatch.setattr(loop._Budget, "WARMUP", 2)
-    monkeypatch.setattr(loop._Budget, "PROBE", 4)
-    monkeypatch.setattr(loop._Budget, "REFIT", 0.05)  # every 1 s of the 20
+    monkeypatch.setattr(loop.Budget, "WARMUP", 2)
+    monkeypatch.setattr(loop.Budget, "PROBE", 4)
+    monkeypatch.setattr(loop.Budget, "REFIT", 0.05)  # every 1 s of the 20
     real = stages.BaseStage.train_step
 
     def timed(self, sampler, gen):

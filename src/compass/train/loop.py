@@ -70,10 +70,189 @@ def resolve_data(recipe: dict, override: str | None) -> Path:
     return p if p.is_absolute() or p.exists() else data_dir(folder)
 
 
+class Trainer:
+    """One stage of a recipe trained in a run folder: the stage, its optimizers, data and random streams, and
+    where it stands (step, elapsed time, provenance). `resume` or `initialize` it, then `run` it; `step` is one
+    optimization step and `checkpoint` saves the state `resume` reads (rank 0 writes files)."""
+
+    def __init__(self, recipe: dict, stage_name: str, run_dir: str | Path, *, steps: int | None = None,
+                 data: str | None = None, init: str | None = None):
+        self.rank, self.world = _dist_info()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.device = device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                                            if torch.cuda.is_available() else "cpu")
+        setup_device(device)
+        self.recipe, self.stage_name = recipe, stage_name
+        self.cfg = cfg = stage_config(recipe, stage_name)
+        if steps is not None:
+            cfg["steps"] = steps
+        self.tcfg = recipe["train"]
+        self.run_dir = Path(run_dir)
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.log_path = self.run_dir / "log.csv"
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        self.seed = seed = int(recipe.get("seed", 0))
+        torch.manual_seed(seed)
+        self.stage = make_stage(stage_name, recipe, cfg, device)
+        self.opt, self.aux_opt = make_optimizers(self.stage, device, cfg["lr"], self.tcfg["aux_lr"])
+        files_train, files_val = split(list_images(resolve_data(recipe, data)), recipe["data"]["val_count"])
+        self.sampler = make_sampler(files_train, cfg["crop"], seed * 1000 + self.rank, device,
+                                    recipe["data"].get("on_device", False))
+        self.gen = torch.Generator(device=device).manual_seed(seed * 1000 + self.rank + 1)
+        self.val = validation_crops(files_val, recipe["data"]["val_crop"]) if self.rank == 0 else None
+        self.step_count, self.elapsed, self.init_from = 0, 0.0, str(init) if init else None
+        self.sources = shipped_sources(cfg, self.init_from)
+        self.history = history_of(init) if init else []
+
+    def resume(self) -> bool:
+        """Continue from RUN_DIR/checkpoint.pt, if there is one: modules, optimizers, random streams, step, time
+        and provenance. Returns whether it did."""
+        if not self.ckpt_path.exists():
+            return False
+        rank, seed, stage_name = self.rank, self.seed, self.stage_name
+        ck = safe_load(self.ckpt_path, map_location=self.device)
+        if ck.get("stage") != stage_name:
+            raise ValueError(f"{self.ckpt_path} holds stage {ck.get('stage')!r}, not {stage_name!r}")
+        for name, m in self.stage.modules().items():
+            m.load_state_dict(ck["modules"][name])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.aux_opt is not None and ck.get("aux_optimizer"):
+            self.aux_opt.load_state_dict(ck["aux_optimizer"])
+            for g in self.aux_opt.param_groups:  # the recipe's aux lr wins over the one saved
+                g["lr"] = self.tcfg["aux_lr"]
+        if rank < len(ck["sampler"]):
+            self.sampler.set_state(ck["sampler"][rank])
+        else:  # more processes than the run that saved: a fresh stream for this rank, not a copy of rank 0's
+            self.sampler.rng = np.random.default_rng([seed, rank, ck["step"]])
+        if rank == 0:
+            self.gen.set_state(ck["generator"].cpu())
+        else:  # only rank 0's generator is saved
+            self.gen.manual_seed(seed * 1000 + rank + 1 + ck["step"])
+        if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
+            torch.set_rng_state(ck["torch_rng"].cpu())
+        self.step_count, self.elapsed, self.init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")
+        self.sources, self.history = ck.get("sources", {}), ck.get("history", [])
+        if hasattr(self.stage, "after_resume"):
+            self.stage.after_resume()
+        if rank == 0:
+            _truncate_log(self.log_path, self.step_count)
+            print(f"resumed {stage_name} at step {self.step_count} from {self.ckpt_path}")
+        return True
+
+    def initialize(self, init: str) -> None:
+        """Start the stage's modules from shipped weights (name or file) or a checkpoint, with fresh optimizers."""
+        stage = self.stage
+        for name, m in stage.modules().items():
+            try:
+                m.load_state_dict(load_module_state(init, name))
+            except KeyError:  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
+                if name not in getattr(stage, "frozen", ()):
+                    raise
+        if self.rank == 0:
+            print(f"initialized {self.stage_name} from {init}")
+
+    def step(self):
+        """One optimization step at the schedule's lr: (lr, loss, metrics), left on the device."""
+        lr = lr_at(self.cfg, self.step_count)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss, metrics = optimize(self.stage, self.sampler, self.gen, self.opt, self.aux_opt, self.tcfg["clip"],
+                                 self.world)
+        self.step_count += 1
+        return lr, loss, metrics
+
+    def checkpoint(self) -> dict:
+        """The whole state, saved to RUN_DIR/checkpoint.pt (atomically) with the learning curves by rank 0."""
+        samplers = [self.sampler.state()]
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, self.sampler.state())
+            samplers = gathered
+        ck = {"format": CHECKPOINT_FORMAT, "recipe": self.recipe, "stage": self.stage_name,
+              "stage_config": self.cfg, "step": self.step_count, "elapsed_s": self.elapsed,
+              "modules": {n: m.state_dict() for n, m in self.stage.modules().items()},
+              "optimizer": self.opt.state_dict(), "aux_optimizer": self.aux_opt.state_dict() if self.aux_opt else None,
+              "sampler": samplers, "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+              "init_from": self.init_from, "sources": self.sources, "history": self.history,
+              "device": device_name(self.device)}
+        if self.rank == 0:
+            save_atomic(ck, self.ckpt_path)
+            plot_log(self.log_path, self.run_dir / "curves.png")
+        return ck
+
+    def run(self, progress: bool = True, time_budget: float | None = None) -> dict:
+        """Train to the stage's step count (or, with `time_budget` seconds, what fits: see `Budget`), logging,
+        validating and checkpointing as the recipe says; returns the final checkpoint."""
+        cfg, tcfg, rank, world = self.cfg, self.tcfg, self.rank, self.world
+        if world > 1:
+            for p in [*self.stage.parameters(), *self.stage.aux_parameters()]:
+                dist.broadcast(p.data, 0)
+        log_file = open(self.log_path, "a", newline="") if rank == 0 else None
+        writer = csv.DictWriter(log_file, LOG_FIELDS, extrasaction="ignore") if log_file else None
+        if writer and self.log_path.stat().st_size == 0:
+            writer.writeheader()
+        bar = tqdm(total=cfg["steps"], initial=self.step_count, disable=not progress or rank != 0,
+                   desc=self.stage_name, dynamic_ncols=True)
+        acc, acc_n = {}, 0
+        # a GPU step is not waited for: metrics stay on the device and the loss is checked for finiteness every
+        # `log_every` steps (and before every checkpoint); on CPU there is nothing to overlap, so every step
+        check_every = tcfg["log_every"] if self.device.type == "cuda" else 1
+        bad, checked = torch.zeros((), device=self.device), self.step_count
+        last_ckpt = time.monotonic()
+        t0 = time.monotonic() - self.elapsed
+        budget = Budget(time_budget, self.step_count, cfg) if time_budget else None
+        try:
+            while self.step_count < cfg["steps"]:
+                lr, loss, metrics = self.step()
+                step = self.step_count
+                bad += ~torch.isfinite(loss)
+                self.elapsed = time.monotonic() - t0
+                for k, v in metrics.items():
+                    acc[k] = acc[k] + v if k in acc else v
+                acc_n += 1
+                bar.update(1)
+                if step % tcfg["log_every"] == 0 or step == cfg["steps"]:
+                    row = {k: float(v) / acc_n for k, v in acc.items()}
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+                    if writer:
+                        writer.writerow(log_row(step, self.elapsed, "train", lr, {"setting": "", **row}))
+                        log_file.flush()
+                    acc, acc_n = {}, 0
+                if rank == 0 and (step % tcfg["val_every"] == 0 or step == cfg["steps"]):
+                    for row in self.stage.validate(self.val):
+                        writer.writerow(log_row(step, self.elapsed, "val", lr, row))
+                    log_file.flush()
+                due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
+                steps, over = budget.check(step, cfg["steps"]) if budget is not None else (cfg["steps"], False)
+                if world > 1:  # rank 0's clock decides for every process, in one collective per step
+                    flags = torch.tensor([float(due), float(steps), float(over)], dtype=torch.float64)
+                    dist.broadcast(flags, 0)
+                    due, steps, over = bool(flags[0]), int(flags[1]), bool(flags[2])
+                if steps != cfg["steps"] and rank == 0:
+                    print(f"time budget: {cfg['steps']} -> {steps} steps at step {step}")
+                cfg["steps"] = steps
+                if step - checked >= check_every or due or over or step >= steps:
+                    _check_finite(bad, world, checked, self.stage_name, self.ckpt_path)
+                    checked = step
+                if over:  # checkpointed after the loop
+                    break
+                if due:
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+            return self.checkpoint()
+        finally:
+            bar.close()
+            if log_file:
+                log_file.close()
+
+
 def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = False, steps: int | None = None,
           data: str | None = None, threads: int | None = None, init: str | None = None,
           progress: bool = True, time_budget: float | None = None) -> dict:
-    """Train one stage of `recipe` into `run_dir`. Returns the final checkpoint dict.
+    """Train one stage of `recipe` into `run_dir` (`Trainer`). Returns the final checkpoint dict.
 
     `init`: shipped weights (name or file) or a checkpoint to start the stage's modules from when not resuming
     (a new session continues from the committed weights this way, with a fresh optimizer).
@@ -81,157 +260,12 @@ def train(recipe: dict, stage_name: str, run_dir: str | Path, *, resume: bool = 
     what fits, so the learning-rate schedule still ends with its final phase; past the budget the loop
     checkpoints and stops.
     """
-    rank, world = _dist_info()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    setup_device(device)
-    cfg = stage_config(recipe, stage_name)
-    if steps is not None:
-        cfg["steps"] = steps
-    tcfg = recipe["train"]
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-    log_path = run_dir / "log.csv"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    seed = int(recipe.get("seed", 0))
-    torch.manual_seed(seed)
-    stage = make_stage(stage_name, recipe, cfg, device)
-    params, aux_params = stage.parameters(), stage.aux_parameters()
-    opt, aux_opt = make_optimizers(stage, device, cfg["lr"], tcfg["aux_lr"])
-
-    files_train, files_val = split(list_images(resolve_data(recipe, data)), recipe["data"]["val_count"])
-    sampler = make_sampler(files_train, cfg["crop"], seed * 1000 + rank, device, recipe["data"].get("on_device", False))
-    gen = torch.Generator(device=device).manual_seed(seed * 1000 + rank + 1)
-    val = validation_crops(files_val, recipe["data"]["val_crop"]) if rank == 0 else None
-
-    step, elapsed, init_from = 0, 0.0, str(init) if init else None
-    sources = shipped_sources(cfg, init_from)
-    history = history_of(init) if init else []
-    if resume and ckpt_path.exists():
-        ck = safe_load(ckpt_path, map_location=device)
-        if ck.get("stage") != stage_name:
-            raise ValueError(f"{ckpt_path} holds stage {ck.get('stage')!r}, not {stage_name!r}")
-        for name, m in stage.modules().items():
-            m.load_state_dict(ck["modules"][name])
-        opt.load_state_dict(ck["optimizer"])
-        if aux_opt is not None and ck.get("aux_optimizer"):
-            aux_opt.load_state_dict(ck["aux_optimizer"])
-            for g in aux_opt.param_groups:  # the recipe's aux lr wins over the one saved
-                g["lr"] = tcfg["aux_lr"]
-        if rank < len(ck["sampler"]):
-            sampler.set_state(ck["sampler"][rank])
-        else:  # more processes than the run that saved: a fresh stream for this rank, not a copy of rank 0's
-            sampler.rng = np.random.default_rng([seed, rank, ck["step"]])
-        if rank == 0:
-            gen.set_state(ck["generator"].cpu())
-        else:  # only rank 0's generator is saved
-            gen.manual_seed(seed * 1000 + rank + 1 + ck["step"])
-        if "torch_rng" in ck:  # quantization noise; per rank in DDP runs only rank 0's is kept
-            torch.set_rng_state(ck["torch_rng"].cpu())
-        step, elapsed, init_from = ck["step"], ck["elapsed_s"], ck.get("init_from")
-        sources, history = ck.get("sources", {}), ck.get("history", [])
-        if hasattr(stage, "after_resume"):
-            stage.after_resume()
-        if rank == 0:
-            _truncate_log(log_path, step)
-            print(f"resumed {stage_name} at step {step} from {ckpt_path}")
-    elif init:
-        for name, m in stage.modules().items():
-            try:
-                m.load_state_dict(load_module_state(init, name))
-            except KeyError:  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
-                if name not in getattr(stage, "frozen", ()):
-                    raise
-        if rank == 0:
-            print(f"initialized {stage_name} from {init}")
-    if world > 1:
-        for p in [*params, *aux_params]:
-            dist.broadcast(p.data, 0)
-
-    def checkpoint() -> dict:
-        samplers = [sampler.state()]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, sampler.state())
-            samplers = gathered
-        ck = {"format": CHECKPOINT_FORMAT, "recipe": recipe, "stage": stage_name, "stage_config": cfg,
-              "step": step, "elapsed_s": elapsed,
-              "modules": {n: m.state_dict() for n, m in stage.modules().items()},
-              "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict() if aux_opt else None,
-              "sampler": samplers, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-              "init_from": init_from, "sources": sources, "history": history, "device": device_name(device)}
-        if rank == 0:
-            save_atomic(ck, ckpt_path)
-            plot_log(log_path, run_dir / "curves.png")
-        return ck
-
-    log_file = open(log_path, "a", newline="") if rank == 0 else None
-    writer = csv.DictWriter(log_file, LOG_FIELDS, extrasaction="ignore") if log_file else None
-    if writer and log_path.stat().st_size == 0:
-        writer.writeheader()
-    bar = tqdm(total=cfg["steps"], initial=step, disable=not progress or rank != 0, desc=stage_name,
-               dynamic_ncols=True)
-    acc, acc_n = {}, 0
-    # a GPU step is not waited for: metrics stay on the device and the loss is checked for finiteness every
-    # `log_every` steps (and before every checkpoint); on CPU there is nothing to overlap, so every step
-    check_every = tcfg["log_every"] if device.type == "cuda" else 1
-    bad, checked = torch.zeros((), device=device), step
-    last_ckpt = time.monotonic()
-    t0 = time.monotonic() - elapsed
-    budget = _Budget(time_budget, step, cfg) if time_budget else None
-    ck = None
-    try:
-        while step < cfg["steps"]:
-            lr = lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, metrics = optimize(stage, sampler, gen, opt, aux_opt, tcfg["clip"], world)
-            bad += ~torch.isfinite(loss)
-            step += 1
-            elapsed = time.monotonic() - t0
-            for k, v in metrics.items():
-                acc[k] = acc[k] + v if k in acc else v
-            acc_n += 1
-            bar.update(1)
-            if step % tcfg["log_every"] == 0 or step == cfg["steps"]:
-                row = {k: float(v) / acc_n for k, v in acc.items()}
-                bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
-                if writer:
-                    writer.writerow(log_row(step, elapsed, "train", lr, {"setting": "", **row}))
-                    log_file.flush()
-                acc, acc_n = {}, 0
-            if rank == 0 and (step % tcfg["val_every"] == 0 or step == cfg["steps"]):
-                for row in stage.validate(val):
-                    writer.writerow(log_row(step, elapsed, "val", lr, row))
-                log_file.flush()
-            due = time.monotonic() - last_ckpt > 60 * tcfg["checkpoint_minutes"]
-            steps, over = budget.check(step, cfg["steps"]) if budget is not None else (cfg["steps"], False)
-            if world > 1:  # rank 0's clock decides for every process, in one collective per step
-                flags = torch.tensor([float(due), float(steps), float(over)], dtype=torch.float64)
-                dist.broadcast(flags, 0)
-                due, steps, over = bool(flags[0]), int(flags[1]), bool(flags[2])
-            if steps != cfg["steps"] and rank == 0:
-                print(f"time budget: {cfg['steps']} -> {steps} steps at step {step}")
-            cfg["steps"] = steps
-            if step - checked >= check_every or due or over or step >= steps:
-                _check_finite(bad, world, checked, stage_name, ckpt_path)
-                checked = step
-            if over:  # checkpointed after the loop
-                break
-            if due:
-                ck = checkpoint()
-                last_ckpt = time.monotonic()
-        ck = checkpoint()
-    finally:
-        bar.close()
-        if log_file:
-            log_file.close()
-    return ck
+    trainer = Trainer(recipe, stage_name, run_dir, steps=steps, data=data, init=init)
+    if not (resume and trainer.resume()) and init:
+        trainer.initialize(init)
+    return trainer.run(progress, time_budget)
 
 
 def setup_device(device: torch.device) -> None:
@@ -306,7 +340,7 @@ def history_of(init: str | Path) -> list[dict]:
     return [*ck.get("history", []), own]
 
 
-class _Budget:
+class Budget:
     """Fits a stage's step count to a wall-clock budget. The rate is first measured over PROBE steps (after
     WARMUP, which holds one-off costs such as cuDNN warm-up), then again every REFIT of the budget while the
     schedule has not reached its final lr phase: first steps on a GPU ran at 60% of the later rate. MARGIN of

@@ -120,8 +120,8 @@ def receptive_rows(convs) -> int:
     return math.ceil(reach / scale)
 
 
-class Analysis(nn.Module):
-    """A stack of stride-2 convolutions, each preceded by the odd-side replicate padding."""
+class _Stack(nn.Module):
+    """Convolutions, each followed by its activation (the last may have none)."""
 
     def __init__(self, convs: list[nn.Module], acts: list[nn.Module]):
         super().__init__()
@@ -130,8 +130,13 @@ class Analysis(nn.Module):
 
     @property
     def halo(self) -> int:
-        """Output rows of context each output row needs on either side."""
+        """Rows of context at the coarse end (the output of an analysis, the input of a synthesis) that each of
+        its rows needs on either side."""
         return receptive_rows(self.convs)
+
+
+class Analysis(_Stack):
+    """A stack of stride-2 convolutions, each preceded by the odd-side replicate padding."""
 
     def forward(self, x: torch.Tensor, stripe: int | None = None) -> torch.Tensor:
         """Inputs above `stripe` pixels run in row stripes of about that size, each with `halo` output rows of
@@ -160,18 +165,8 @@ class Analysis(nn.Module):
         return x
 
 
-class Synthesis(nn.Module):
+class Synthesis(_Stack):
     """A stack of transposed convolutions, each cropped to the size recorded for its stage."""
-
-    def __init__(self, convs: list[nn.Module], acts: list[nn.Module]):
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-        self.acts = nn.ModuleList(acts)
-
-    @property
-    def halo(self) -> int:
-        """Input rows of context each output row needs on either side."""
-        return receptive_rows(self.convs)
 
     def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]], stripe: int | None = None) -> torch.Tensor:
         """`sizes`: output size of every stride-2 stage in order (from the matching analysis, reversed).

@@ -247,17 +247,8 @@ def _trailing(rng, s: Sample, corpus):
 
 
 DAMAGES = {  # name: (generator, weight in a random draw)
-    "truncate": (_truncate, 1),
-    "bitflip": (_bitflip, 2),
-    "header-bytes": (_header_bytes, 1),
-    "header-fields": (_header_fields, 1),
-    "limits": (_limits, 1),
-    "bomb": (_bomb, 0.2),
-    "layer-count": (_layer_count, 0.5),
-    "chunks": (_chunks, 1),
-    "payload": (_payload, 3),
-    "forged": (_forged, 1),
-    "model": (_model, 0.5),
-    "garbage": (_garbage, 0.5),
-    "trailing": (_trailing, 0.3),
+    "truncate": (_truncate, 1), "bitflip": (_bitflip, 2), "header-bytes": (_header_bytes, 1),
+    "header-fields": (_header_fields, 1), "limits": (_limits, 1), "bomb": (_bomb, 0.2),
+    "layer-count": (_layer_count, 0.5), "chunks": (_chunks, 1), "payload": (_payload, 3), "forged": (_forged, 1),
+    "model": (_model, 0.5), "garbage": (_garbage, 0.5), "trailing": (_trailing, 0.3),
 }

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_SINGLE, argtypes, bench, fuzz, limits
+from . import DEFAULT_MODEL, DEFAULT_QUALITY, argtypes, bench, evaluate, fuzz, limits
 from .errors import CompassError
 
 
@@ -138,31 +138,6 @@ def _train(args) -> int:
     except NonFiniteLoss as e:
         print(f"compass train: {e}", file=sys.stderr)
         return 3
-    return 0
-
-
-def _eval(args) -> int:
-    from .evaluate.report import bd_table
-    from .evaluate.run import evaluate
-    from .paths import data_dir
-
-    data = Path(args.data) if args.data else data_dir("kodak")
-    root = Path("results") / data.name
-    if args.out:
-        out, cache = Path(args.out), Path(args.out) / "cache"
-    else:  # a quick run writes beside the full results, sharing their cache, so it never replaces them
-        out, cache = (root.with_name(f"{data.name}-quick") if args.quick else root), root / "cache"
-    if args.methods and "none" in args.methods and args.methods != ["none"]:
-        raise ValueError("--methods none runs compass alone and takes no other method")
-    methods = [] if args.methods == ["none"] else args.methods
-    results = evaluate(data, out, quick=args.quick, model=args.model, single=args.single, methods=methods,
-                       images=args.images, configs=args.configs, cache=cache, progress=not args.quiet,
-                       shard=args.shard)
-    if args.shard:
-        print(f"shard {args.shard[0]}/{args.shard[1]}: {results['stats']}; a run without --shard assembles")
-        return 0
-    print(f"BD-rate of COMPASS (%, top layer; n/a: see the report)\n{bd_table(results, paper=False)}")
-    print(f"wrote {out / 'report.md'}, results.json, points.jsonl.gz and plots")
     return 0
 
 
@@ -300,25 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
 
     v = sub.add_parser("eval", help="rate-distortion evaluation against the baselines: BD-rate table, plots")
-    v.add_argument("--data", help="folder of test images (default: Kodak under the shared data root)")
-    v.add_argument("--out", help="output folder, its cache inside (default: results/NAME, NAME the data folder's "
-                                 "name, or results/NAME-quick with --quick; both cache in results/NAME/cache)")
-    v.add_argument("--quick", action="store_true", help="3 images and 3 rate points per method")
-    v.add_argument("--model", default=DEFAULT_MODEL, help="scalable model: registered name or weights file")
-    v.add_argument("--single", default=DEFAULT_SINGLE,
-                   help="single-layer model for simulcast and single-layer: registered name or weights file")
-    v.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
-                        "jpeg2000-simulcast hevc-simulcast hevc-single (default: all; none: compass alone, "
-                        "e.g. to compare two models with compass.evaluate.compare)")
-    v.add_argument("--images", type=int, help="first N images (default: all; 3 with --quick)")
-    v.add_argument("--configs", nargs="+", metavar="CONFIG",
-                   help="layer configurations to run, e.g. 2L-2.0x 3L-4.0x (default: the paper's ten)")
-    v.add_argument("--quiet", action="store_true", help="no progress bar")
-    v.add_argument("--shard", type=argtypes.shard, metavar="I/N",
-                   help="only fill the cache with share I of N (0-based), e.g. two processes with --threads 1 "
-                        "and --shard 0/2, 1/2; then run without --shard to write the results")
-    v.set_defaults(func=_eval)
+    evaluate.add_arguments(v)
+    v.set_defaults(func=evaluate.main)
 
     b = sub.add_parser("bench", help="speed and memory beside the single-layer codec, JPEG 2000 and HEVC, side by "
                                      "side (docs/performance.md)")

@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from .. import DEFAULT_MODEL, DEFAULT_SINGLE
+from . import QUICK_IMAGES
 from ..api import Compass
 from ..paths import data_dir, portable
 from ..resample import plan_from_scales
@@ -56,7 +57,6 @@ from .report import write_report
 from .summary import summarize
 
 CACHE_FORMAT = 1  # bump when a job's record changes meaning
-QUICK_IMAGES = 3
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
-"""Every limit compass puts on untrusted input, in one place (torch-free: the CLI, `bitstream` and `fuzz` read it).
+"""Every limit compass puts on untrusted input, in one place (torch-free: the CLI, `bitstream`, `imageio` and
+`fuzz` read it), and the one check of a quality.
 
-Why each exists and what it bounds: docs/reliability.md ("What is refused, what is bounded").
+Two pixel limits, on purpose: `MAX_PIXELS` is what the library accepts by default (`Compass`, every `bitstream`
+reader, `load_image`; a caller may pass another), `CLI_MAX_PIXELS` the tighter default of `compass encode` and
+`decode`, which read files from anywhere and should not spend minutes and gigabytes on one. Why each limit
+exists and what it bounds: docs/reliability.md ("What is refused, what is bounded").
 """
 from __future__ import annotations
 

@@ -161,6 +161,10 @@ def map_in_children(target: str, args: tuple, items: Iterable, jobs: int, done: 
                 results[i] = child.ask(item)
                 if done is not None:
                     done()
+        except BaseException:
+            with lock:
+                work.clear()  # the other children stop after their current item
+            raise
         finally:
             child.close()
 

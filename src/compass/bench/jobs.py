@@ -14,6 +14,7 @@ from .measure import instrument, measure, profile, section_summary, stats
 
 LIFF_SPEEDUP_TARGET = {2: 2.0, 4: 2.5}  # factorized / direct MLP speed with the paper's widths
 
+
 def _scalable(spec: dict):
     from ..api import Compass
 

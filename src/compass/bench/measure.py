@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
+
 def stats(seconds: list[float]) -> dict:
     """Median, quartiles, min and max of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3

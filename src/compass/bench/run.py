@@ -22,6 +22,7 @@ RANDOM_NOTE = ("random weights: transform and LIFF timings are representative, e
                "an untrained codec are nearly all zero) and rates are not comparable")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPJ_NUM_THREADS")
 
+
 def spawn(spec: dict) -> dict:
     """Run one job in a fresh interpreter with the spec's thread count; returns its result."""
     child = Child("compass.bench.jobs:child", env={v: str(spec["threads"]) for v in THREAD_VARS},

@@ -6,6 +6,7 @@ import struct
 from .. import bitstream, limits
 from .format import FUZZ_MAX_PIXELS, Sample, flip, parse_chunk, raw_chunk, raw_header
 
+
 def _latent(height: int, width: int) -> tuple[int, int]:
     """The shape of y for a layer of this size: four stride-2 stages, odd sides rounded up (layers.halve)."""
     for _ in range(4):
@@ -21,6 +22,7 @@ def _decodable_as(chunk: bytes, k: int, s: Sample, corpus: list[Sample]) -> bool
         d.model == s.model and c == chunk and (i == 0) == (k == 0)
         and _latent(*d.layers[i][:2]) == _latent(*s.layers[k][:2])
         for d in corpus for i, c in enumerate(d.chunks))
+
 
 def _truncate(rng, s: Sample, corpus):
     cut = rng.randrange(len(s.data))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .cases import CATEGORIES
 from .format import FAILURES, Case
 
+
 @dataclass
 class Report:
     """The verdicts of a run, counted by category and outcome, and the failing cases."""

@@ -17,6 +17,7 @@ from .hostile import EVIL, Evil
 
 TINY = "tiny"  # a model spec "tiny:SEED": a tiny random-weight model built on the fly
 
+
 def _tiny_weights(path: Path, seed: int) -> Path:
     """A tiny random-weight scalable model whose latents use many values, tables and escapes (as the tests')."""
     import torch

@@ -6,6 +6,8 @@ target: PSNR, per-channel mean offset (8-bit levels), PSNR with that offset remo
 kernel) from the same reconstruction. And what each residual codec outputs when every symbol is zero.
 
     python experiments/anomalies/drift.py --out experiments/anomalies/results/drift.json
+    python experiments/anomalies/drift.py --models control=runs/anomalies/control/checkpoint.pt \
+        fidelity=runs/anomalies/fidelity/checkpoint.pt --out experiments/anomalies/results/drift-finetune.json
 """
 from __future__ import annotations
 
@@ -29,13 +31,18 @@ MODELS = ("compass-cpu-mini", "compass-cpu-fast", "compass-cpu-lite", "compass-c
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS),
+                    help="shipped names, or NAME=CHECKPOINT for a fine-tune of finetune.py")
     ap.add_argument("--q", type=float, default=0.5)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     images = [REPO_ROOT / "examples" / "kingfisher.png", *heldout()]
     res = {"q": args.q, "images": [p.name for p in images], "models": {}}
     for name in args.models:
+        if "=" in name:
+            from ckpt_model import load_checkpoint_model
+            name, path = name.split("=", 1)
+            stages._MODELS[name] = load_checkpoint_model(path)
         m = stages.model(name)
         zero = {q: (zero_symbol_offset(m.residual, (256, 384), q).flatten() * 255).tolist() for q in (0.0, 0.5, 1.0)}
         rows = {}

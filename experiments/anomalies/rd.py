@@ -3,10 +3,11 @@ encoder-side variants, against the single-layer codec at every layer size (docs/
 
     python experiments/anomalies/rd.py --models compass-cpu-mini compass-cpu-fast --out experiments/anomalies/results/rd-heldout.json
     python experiments/anomalies/rd.py --images examples/kingfisher.png ...      # any images instead
+    python experiments/anomalies/rd.py --models control=runs/anomalies/control/checkpoint.pt ... --variants compass
 
 Variants (all decodable by the unchanged decoder except `bicubic-dc`, an analysis predictor):
   compass        the encoder's default: every layer at q
-  lower+D        the two lower layers at min(1, q + D), the top at q (per-layer q, the file format allows it)
+  lower+D        the two lower layers at q + D (clamped to [0, 1]), the top at q (per-layer q: the format allows it)
   bicubic        the evaluation's ablation row: Pillow-kernel bicubic instead of LIFF, residual codec kept
   bicubic-dc     bicubic minus the shift the residual codec adds back with every symbol zero (its output for
                  all-zero symbols, per channel): LIFF's learned spatial correction removed, its DC kept
@@ -73,7 +74,7 @@ def code_file(m, layers, qs, predictor=None):
     return out
 
 
-def run(paths, models, deltas, out_path):
+def run(paths, models, deltas, out_path, only=None):
     single = stages.model("compass-cpu-single")
     res = {"images": [p.name for p in paths], "qs": QS, "fractions": FRACTIONS, "single": {}, "models": {}}
     t0 = time.time()
@@ -100,11 +101,13 @@ def run(paths, models, deltas, out_path):
 
             variants = {"compass": lambda q: code_file(m, layers, [q] * 3)}
             for d in deltas:
-                variants[f"lower+{d}"] = lambda q, d=d: code_file(m, layers, [min(1.0, q + d)] * 2 + [q])
+                variants[f"lower{d:+}"] = lambda q, d=d: code_file(m, layers, [min(1.0, max(0.0, q + d))] * 2 + [q])
             variants["bicubic"] = lambda q: code_file(m, layers, [q] * 3, bic)
             variants["bicubic-dc"] = lambda q: code_file(m, layers, [q] * 3, bic_dc)
             r = res["models"].setdefault(name, {})
             for v, fn in variants.items():
+                if only and v not in only:
+                    continue
                 r.setdefault(v, {})[p.name] = [fn(q) for q in QS]
         print(f"{p.name}: {time.time() - t0:.0f} s", flush=True)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -113,13 +116,22 @@ def run(paths, models, deltas, out_path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["compass-cpu-mini", "compass-cpu-fast"])
+    ap.add_argument("--models", nargs="+", default=["compass-cpu-mini", "compass-cpu-fast"],
+                    help="shipped names, or NAME=CHECKPOINT for a fine-tune of finetune.py")
+    ap.add_argument("--variants", nargs="*", help="only these variants (default: all)")
     ap.add_argument("--deltas", nargs="*", type=float, default=[0.25, 0.5])
     ap.add_argument("--images", nargs="*", help="image files (default: the 16 held-out photos)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    run([Path(i) for i in args.images] if args.images else heldout(), args.models, args.deltas, args.out)
+    names = []
+    for m in args.models:
+        if "=" in m:
+            from ckpt_model import load_checkpoint_model
+            m, path = m.split("=", 1)
+            stages._MODELS[m] = load_checkpoint_model(path)
+        names.append(m)
+    run([Path(i) for i in args.images] if args.images else heldout(), names, args.deltas, args.out, args.variants)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,29 @@ def curves(res: dict):
 
 
 def bd(test, anchor):
-    return bd_rate(test[:, 0], test[:, 1], anchor[:, 0], anchor[:, 1]) * 100, bd_psnr(test[:, 0], test[:, 1], anchor[:, 0], anchor[:, 1])
+    return bd_rate(test[:, 0], test[:, 1], anchor[:, 0], anchor[:, 1]), bd_psnr(test[:, 0], test[:, 1], anchor[:, 0], anchor[:, 1])
+
+
+def per_image(res: dict) -> None:
+    """Per image: top layer minus single-layer PSNR at each q, and the top layer's BD-rate against simulcast."""
+    qs = res["qs"]
+    for m, variants in res["models"].items():
+        print(f"\n== {m}, per image: top layer - single-layer PSNR at q = {qs}; top BD-rate vs simulcast")
+        for i in res["images"]:
+            c, s = variants["compass"][i], res["single"][i]
+            px = s["pixels"]
+            gap = [c[qi][2][1] - s["points"][qi][2][1] for qi in range(len(qs))]
+            top = np.array([(c[qi][2][0] * 8 / px[2], c[qi][2][1]) for qi in range(len(qs))])
+            sim = np.array([(sum(s["points"][qi][j][0] for j in range(3)) * 8 / px[2], s["points"][qi][2][1])
+                            for qi in range(len(qs))])
+            r, _ = bd(top, sim)
+            print(f"  {i:45s} " + " ".join(f"{g:+.2f}" for g in gap) + f"   {r:+.1f}%")
 
 
 def main(path):
     res = json.load(open(path))
+    if "--per-image" in sys.argv:
+        per_image(res)
     single, simul, files = curves(res)
     qs = res["qs"]
     print(f"{len(res['images'])} images; q = {qs}")
@@ -77,4 +95,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1])  # --per-image: also the per-image table

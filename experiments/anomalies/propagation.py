@@ -59,10 +59,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", nargs="*", default=[])
     ap.add_argument("--q", type=float, default=1.0)
-    ap.add_argument("--model", default="compass-cpu-mini")
+    ap.add_argument("--model", default="compass-cpu-mini", help="a shipped name, or NAME=CHECKPOINT")
     ap.add_argument("--size", type=int, nargs=2, default=(512, 768))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if "=" in args.model:  # NAME=CHECKPOINT: a fine-tune of finetune.py
+        from ckpt_model import load_checkpoint_model
+        args.model, path = args.model.split("=", 1)
+        stages._MODELS[args.model] = load_checkpoint_model(path)
     for n in ("gradient", "sky", "bokeh"):
         run(args.model, synthetic.IMAGES[n](*args.size), n, args.q, args.model)
     for p in args.images:

@@ -38,6 +38,11 @@ def main(argv=None):
     torch.set_num_threads(1)
     images = [REPO_ROOT / "examples" / "kingfisher.png", *heldout()]
     res = {"q": args.q, "images": [p.name for p in images], "models": {}}
+    base = stages.model("compass-cpu-single").base  # the codec every residual codec was warm-started from
+    res["single_zero_symbol_output"] = {q: (zero_symbol_offset(base, (256, 384), q).flatten() * 255).tolist()
+                                        for q in (0.0, 0.5, 1.0)}
+    print("compass-cpu-single: output with every symbol zero, q=0/0.5/1: "
+          + " / ".join(str(np.round(v, 1).tolist()) for v in res["single_zero_symbol_output"].values()), flush=True)
     for name in args.models:
         if "=" in name:
             from ckpt_model import load_checkpoint_model
@@ -45,13 +50,14 @@ def main(argv=None):
             stages._MODELS[name] = load_checkpoint_model(path)
         m = stages.model(name)
         zero = {q: (zero_symbol_offset(m.residual, (256, 384), q).flatten() * 255).tolist() for q in (0.0, 0.5, 1.0)}
+        spread = max(float(zero_symbol_offset(m.residual, (256, 384), q, spread=True).max()) * 255 for q in (0.0, 0.5, 1.0))
         rows = {}
         for p in images:
             r = stages.layer_stats(name, stages.load_image(p), (0.25, 0.5, 1.0), (args.q,) * 3)
             rows[p.name] = [{k: r[j][k] for k in ("pred_psnr", "pred_offset", "pred_psnr_dc", "bicubic_psnr", "psnr",
                                                   "single_psnr", "bpp_layer", "bpp_file", "single_bpp")}
                             for j in (1, 2)]
-        res["models"][name] = {"zero_symbol_output": zero, "images": rows}
+        res["models"][name] = {"zero_symbol_output": zero, "zero_symbol_spatial_std_max": spread, "images": rows}
         held = [rows[p.name] for p in images[1:]]
         for j, lay in enumerate(("middle", "top")):
             mean = {k: float(np.mean([h[j][k] for h in held])) for k in ("pred_psnr", "pred_psnr_dc", "bicubic_psnr")}
@@ -61,7 +67,8 @@ def main(argv=None):
                   f"{k0['pred_psnr_dc']:.2f} bicubic {k0['bicubic_psnr']:.2f} | held-out mean pred {mean['pred_psnr']:.2f} "
                   f"offset {np.round(off, 1).tolist()} without it {mean['pred_psnr_dc']:.2f} bicubic {mean['bicubic_psnr']:.2f}")
         print(f"{name}: residual codec output with every symbol zero, q=0/0.5/1: "
-              + " / ".join(str(np.round(v, 1).tolist()) for v in zero.values()), flush=True)
+              + " / ".join(str(np.round(v, 1).tolist()) for v in zero.values())
+              + f"; its spatial standard deviation at most {spread:.2f} levels", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -44,15 +44,15 @@ def heldout() -> list[Path]:
 
 
 @torch.no_grad()
-def zero_symbol_offset(codec, size, q) -> torch.Tensor:
+def zero_symbol_offset(codec, size, q, spread: bool = False) -> torch.Tensor:
     """What a residual codec adds when every symbol is zero (z at its medians, y at its predicted means):
-    (1, 3, 1, 1), the per-channel mean over the interior."""
+    (1, 3, 1, 1), the per-channel mean over the interior (`spread`: its spatial standard deviation instead)."""
     _, inv, _, hinv = codec.gains(_as_q(q, 1, "cpu"))
     img, hyp = codec.latent_sizes(*size)
     z_hat = codec.entropy_bottleneck._medians.view(1, -1, 1, 1).expand(1, -1, *hyp[-1]).contiguous()
     _, means = codec._hyper_synthesis(z_hat, hinv, hyp)
     out = codec._synthesis(means * inv, img)
-    return out[..., 8:-8, 8:-8].mean((2, 3), keepdim=True)
+    return out[..., 8:-8, 8:-8].mean((2, 3), keepdim=True) if not spread else out[..., 8:-8, 8:-8].std((2, 3))
 
 
 @torch.no_grad()

@@ -49,7 +49,6 @@ def single():
 
 def _gap(model: str, image: np.ndarray, single: Compass) -> tuple[float, float]:
     """(top layer PSNR - single-layer PSNR, file bytes / single-layer bytes), both at q = 1."""
-    torch.set_num_threads(1)
     scal = Compass(model)
     data = scal.encode(image, layers=LAYERS, quality=1.0)
     one = single.encode(image, quality=1.0)

@@ -1,9 +1,9 @@
-"""Shared fixtures: deterministic test images and tiny codecs (CODEC_SIZES["tiny"]) built to make tests bite.
+"""Shared fixtures: deterministic test images and tiny codecs (recipe "tiny") built to make tests bite.
 
 A randomly initialised codec gives near-zero latents (every symbol 0, every scale clamped to the smallest table
-level), which would let most coding bugs pass. The factories below scale chosen layers so that latents are
-spread over many values, many scale-table levels are used and some symbols take the escape path; or they build
-constructions with a known property (calibrated scales, constant z). Everything is seeded and runs in ms.
+level), which would let most coding bugs pass. The factories below spread the latents over many values, many
+scale-table levels and the escape path (`models.random_model(spread=True)`); or they build constructions with a
+known property (calibrated scales, constant z). Everything is seeded and runs in ms.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compass.codec import CODEC_SIZES, MeanScaleHyperprior
+from compass.codec import MeanScaleHyperprior
+from compass.models import random_model, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,16 +47,10 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 def spread_codec(seed: int = 0) -> MeanScaleHyperprior:
     """Tiny codec whose latents are far from trivial (eval mode, tables built).
 
-    g_a's last conv x60 spreads y over tens of values; h_a's x100 spreads z; h_s's x30 spreads the predicted
-    scales over ~20 table levels and moves the means off zero. Predicted scales are badly calibrated, so many y
-    symbols fall outside their tables and take the escape path.
+    Spread: y over tens of values, z too, the predicted scales over ~20 table levels and the means off zero.
+    Predicted scales are badly calibrated, so many y symbols fall outside their tables and take the escape path.
     """
-    torch.manual_seed(seed)
-    m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
-    with torch.no_grad():
-        m.g_a.convs[-1].weight.mul_(60)
-        m.h_a.convs[-1].weight.mul_(100)
-        m.h_s.convs[-1].weight.mul_(30)
+    m = random_model("tiny", seed, single=True, spread=True).base
     m.update()
     return m
 
@@ -77,8 +72,7 @@ def calibrated_codec(x: torch.Tensor, q: float, seed: int = 0) -> MeanScaleHyper
     smallest to ~40), and h_s predicts, for each channel, the empirical std and (non-integer) mean of y. Forward's
     likelihoods are then an honest estimate of the rate, which the real coder must reach.
     """
-    torch.manual_seed(seed)
-    m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+    m = random_model("tiny", seed, single=True).base
     M = m.config.M
     with torch.no_grad():
         m.g_a.convs[-1].weight.mul_(torch.logspace(0.5, 2.5, M).view(-1, 1, 1, 1))
@@ -92,16 +86,12 @@ def calibrated_codec(x: torch.Tensor, q: float, seed: int = 0) -> MeanScaleHyper
 def coded_symbols(m: MeanScaleHyperprior, x: torch.Tensor, q: float) -> dict:
     """What the encoder codes for `x`: integer y and z symbols, y table indexes and the number of y escapes."""
     with torch.no_grad():
-        gain, _, hgain, hinv = m.gains(torch.tensor([float(q)]))
-        _, hyp = m.latent_sizes(*x.shape[-2:])
-        y = m.g_a(x) * gain
-        z = m.h_a(y) * hgain
-        eb, gc = m.entropy_bottleneck, m.gaussian_conditional
-        z_sym = torch.round(z - eb._medians.view(1, -1, 1, 1)).long()
-        z_hat = z_sym.float() + eb._medians.view(1, -1, 1, 1)
-        scales, means = m._hyper_synthesis(z_hat, hinv, hyp)
-        idx = gc.build_indexes(scales)
-        y_sym = torch.round(y - means).long()
+        latents = m.analyse(x, q)
+        coded = m.rate(latents, q, tuple(x.shape[-2:]), torch.round)  # hard rounding: what `code` sees
+        gc = m.gaussian_conditional
+        z_sym = torch.round(latents["z"] - m.entropy_bottleneck.medians().view(1, -1, 1, 1)).long()
+        idx = gc.build_indexes(coded["scales_hat"])
+        y_sym = torch.round(latents["y"] - coded["means_hat"]).long()
         escapes = int((y_sym.abs() > gc._offsets.long()[idx]).sum())
     return {"y": y_sym, "z": z_sym, "indexes": idx, "escapes": escapes}
 
@@ -149,14 +139,7 @@ def spread_model() -> MeanScaleHyperprior:
 
 def tiny_scalable_weights(path: Path, seed: int = 0) -> Path:
     """A tiny scalable model (spread base and residual codecs, tiny LIFF) exported as a weights file."""
-    from compass.liff import LIFF, LIFF_SIZES
-    from compass.weights import export
-
-    torch.manual_seed(seed)
-    liff = LIFF(LIFF_SIZES["tiny"])
-    modules = {"base": spread_codec(seed), "residual": spread_codec(seed + 1), "liff": liff}
-    configs = {"codec": CODEC_SIZES["tiny"].to_dict(), "liff": LIFF_SIZES["tiny"].to_dict()}
-    export(modules, configs, "compass-test-tiny", path)
+    save(random_model("tiny", seed, spread=True), "compass-test-tiny", path)
     return path
 
 
@@ -182,9 +165,7 @@ def photo_pixels():
 
 def tiny_single_weights_file(path: Path, seed: int = 0) -> Path:
     """A tiny single-layer codec (the spread base codec of `tiny_scalable_weights`) exported as a weights file."""
-    from compass.weights import export
-
-    export({"base": spread_codec(seed)}, {"codec": CODEC_SIZES["tiny"].to_dict()}, "compass-test-tiny-single", path)
+    save(random_model("tiny", seed, single=True, spread=True), "compass-test-tiny-single", path)
     return path
 
 

@@ -11,8 +11,9 @@ from compass.bench.measure import liff_macs, liff_widths, make_large
 from compass.cli import main
 from compass.procstat import peak_rss_mb, reset_peak
 from compass.imageio import save_image
+from compass.liff import direct_query
+from compass.models import build_liff, sizes
 from compass.pixels import to_pixels
-from compass.liff import LIFF, LIFF_SIZES, direct_query
 
 from conftest import synthetic_image
 
@@ -77,7 +78,7 @@ def test_mac_counts_match_the_operations_run(widths, scale):
     matrix products, the per-source projection's convolution and the filter product's batched products)."""
     cfg = liff_widths()[widths]
     torch.manual_seed(0)
-    m = LIFF(cfg).eval()
+    m = build_liff(cfg).eval()
     src, size = (4, 6), (4 * scale, 6 * scale)
     f = torch.randn(1, cfg.feat, *src)
     pixels = size[0] * size[1]
@@ -96,7 +97,7 @@ def test_mac_counts_match_the_operations_run(widths, scale):
 def test_chunked_query_memory_is_bounded_by_the_chunk():
     """A 1024x1024 query with chunk=2^14 holds a few MB per band; one pass holds every target pixel's MLP."""
     torch.manual_seed(0)
-    m = LIFF(LIFF_SIZES["tiny"]).eval()
+    m = build_liff(sizes("tiny")[1]).eval()
     f = torch.randn(1, m.config.feat, 256, 256)
 
     def growth(chunk) -> float:

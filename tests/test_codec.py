@@ -10,9 +10,9 @@ import torch
 from conftest import (calibrated_codec, coded_symbols, estimated_bits, run_python, set_constant_prior,
                       spread_codec, synthetic_image)
 
-from compass.codec import CODEC_SIZES, MeanScaleHyperprior
 from compass.entropy import NotUpdatedError
 from compass.limits import check_quality
+from compass.models import build_codec, sizes
 from compass.quality import LAMBDA_MAX, LAMBDA_MIN, interpolate_log_gains, q_to_lambda
 
 SIZES = [(1, 1), (2, 3), (17, 31), (64, 48)]
@@ -62,13 +62,13 @@ def test_stream_decodes_with_a_fresh_model_loaded_from_file(spread_model, tmp_pa
     ref = spread_model.decompress(enc["strings"], enc["shape"], 0.7)["x_hat"]
     torch.save(spread_model.state_dict(), tmp_path / "codec.pt")
     torch.manual_seed(123)
-    fresh = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+    fresh = build_codec(sizes("tiny")[0]).eval()
     fresh.load_state_dict(torch.load(tmp_path / "codec.pt", weights_only=True))
     assert torch.equal(fresh.decompress(enc["strings"], enc["shape"], 0.7)["x_hat"], ref)
 
 
 def test_coding_before_update_raises():
-    m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+    m = build_codec(sizes("tiny")[0]).eval()
     with pytest.raises(NotUpdatedError):
         m.compress(synthetic_image(8, 8), 0.5)
     with pytest.raises(NotUpdatedError):
@@ -109,11 +109,11 @@ def test_real_bits_match_forward_estimate(q):
 
 _FUZZ_SCRIPT = r"""
 import json, sys, time, numpy as np, torch
-from compass.codec import CODEC_SIZES, MeanScaleHyperprior
+from compass.models import build_codec, sizes
 from compass.entropy import CodingError
 torch.set_num_threads(1)
 blob = torch.load(sys.argv[1], weights_only=False)
-m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+m = build_codec(sizes("tiny")[0]).eval()
 m.load_state_dict(blob["state"])
 (ys, zs), shape, q = blob["strings"], blob["shape"], blob["q"]
 rng = np.random.default_rng(int(sys.argv[2]))
@@ -190,7 +190,7 @@ def test_damaged_strings_never_hang_or_crash(spread_model, tmp_path):
 
 # ---------------------------------------------------------------- gain interpolation
 
-def _fixed_prior_codec() -> MeanScaleHyperprior:
+def _fixed_prior_codec():
     """A construction in which rate must rise with every channel gain, so bits must fall as q falls.
 
     h_a's last conv is zeroed, so z = 0 and its bits do not depend on q; h_s predicts the same Gaussian
@@ -200,7 +200,7 @@ def _fixed_prior_codec() -> MeanScaleHyperprior:
     only if q reaches the gains monotonically (interpolation, level order, the gain applied before rounding).
     """
     torch.manual_seed(0)
-    m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+    m = build_codec(sizes("tiny")[0]).eval()
     with torch.no_grad():
         m.g_a.convs[-1].weight.mul_(40)
         m.h_a.convs[-1].weight.zero_()
@@ -237,11 +237,11 @@ def test_gain_interpolation_is_geometric_and_hits_the_levels():
 
 _DET_SCRIPT = r"""
 import hashlib, json, sys, torch
-from compass.codec import CODEC_SIZES, MeanScaleHyperprior
+from compass.models import build_codec, sizes
 threads, blob_path, out_dir, other = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(threads)
 blob = torch.load(blob_path, weights_only=False)
-m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+m = build_codec(sizes("tiny")[0]).eval()
 m.load_state_dict(blob["state"])
 sha = lambda b: hashlib.sha256(b).hexdigest()
 tsha = lambda t: sha(t.detach().contiguous().numpy().tobytes())
@@ -264,13 +264,13 @@ for q in blob["qs"]:
     sym, x_hat = decode(enc["strings"], enc["shape"], q)
     saved[q] = {"strings": enc["strings"], "x_hat": x_hat}
     res["runs"].append({"q": q, "strings": sha(b"".join(enc["strings"])), "symbols": sym, "x_hat": tsha(x_hat)})
-from compass.refine import RefineConfig
-refined = m.compress(blob["x"], 0.45, refine=RefineConfig(steps=4))
+from compass.refine import RefineConfig, compress_refined
+refined = compress_refined(m, blob["x"], 0.45, RefineConfig(steps=4))
 res["refined"] = sha(b"".join(refined["strings"])) + tsha(refined["x_hat"])
 if other != "-":
     theirs = torch.load(other + "/out.pt", weights_only=False)
     res["cross_symbols"] = [decode(theirs[q]["strings"], tuple(blob["x"].shape[-2:]), q)[0] for q in blob["qs"]]
-fresh = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
+fresh = build_codec(sizes("tiny")[0]).eval()
 fresh.load_state_dict(blob["state"])
 fresh.update()
 res["tables"] = sha(b"".join(getattr(mod, n).numpy().tobytes() for n in ("_freqs", "_lengths", "_offsets")
@@ -353,11 +353,11 @@ def test_transform_stripes_equal_whole_image_exactly(size, stripe, monkeypatch):
     channels-last layout: the same floats as one whole-image pass, odd sizes included; one row less of halo
     changes them (the halo is tight)."""
     torch.manual_seed(4)
-    m = MeanScaleHyperprior(CODEC_SIZES["cpu"]).eval()
+    m = build_codec(sizes("cpu")[0]).eval()
     assert m.g_a.halo == m.g_s.halo == 2
     img, _ = m.latent_sizes(*size)
     x = synthetic_image(*size, seed=6)
-    y = torch.randn(1, CODEC_SIZES["cpu"].M, *img[-1]) * 3
+    y = torch.randn(1, m.config.M, *img[-1]) * 3
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -366,9 +366,10 @@ def test_transform_stripes_equal_whole_image_exactly(size, stripe, monkeypatch):
             assert whole_a.shape[-2:] == img[-1] and whole_s.shape[-2:] == size
             assert torch.equal(m.g_a(x, stripe), whole_a)
             assert torch.equal(m.g_s(y, img[-2::-1], stripe), whole_s)
-            # the decoder's layout (channels last, MeanScaleHyperprior._synthesis) changes no float either
+            # the decoder's layout (channels last, MeanScaleHyperprior.synthesise) changes no float either
             assert torch.equal(m.g_s(y.contiguous(memory_format=torch.channels_last), img[-2::-1], stripe), whole_s)
-            assert torch.equal(m._synthesis(y, img), whole_s)
+            inv_gain = m.gains(torch.tensor([0.5]))[1]
+            assert torch.equal(m.synthesise(y / inv_gain, 0.5, size), m.g_s(y / inv_gain * inv_gain, img[-2::-1]))
             for transform in (m.g_a, m.g_s):
                 monkeypatch.setattr(type(transform), "halo", property(lambda self: 1))
             assert not torch.equal(m.g_a(x, stripe), whole_a)

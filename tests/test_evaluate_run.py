@@ -17,7 +17,7 @@ from compass.evaluate.report import Footnotes, bd_table
 from compass.pixels import to_tensor
 from compass.paths import data_dir
 from compass.resample import plan_from_scales
-from compass.weights import build_codec, load_weights
+from compass.models import load
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +124,13 @@ def test_bytes_accounting(quick, crops, tiny_weights, tiny_single_weights):
     assert p["layers"][0]["bpp"] == 8 * p["layers"][0]["bytes"] / (12 * 16)
 
     # simulcast: one 1-layer compass file per layer, sizes added
-    obj, digest = load_weights(tiny_single_weights)
-    codec = build_codec(obj, "base")
+    loaded = load(tiny_single_weights)
+    codec = loaded.model.base
     s = _point(results, "simulcast", "3L-4.0x")
     files = []
     for h, w in plan:
         out = codec.compress(to_tensor(image.target((h, w))), bitstream.quantize_quality(s["param"]))
-        header = bitstream.Header(obj["name"], bytes.fromhex(digest)[:8], (bitstream.LayerInfo(h, w, s["param"]),))
+        header = bitstream.Header(loaded.name, bytes.fromhex(loaded.id)[:8], (bitstream.LayerInfo(h, w, s["param"]),))
         files.append(bitstream.write(header, [bitstream.Chunk(tuple(out["strings"]), out["check"])]))
     assert [l["layer_bytes"] for l in s["layers"]] == [len(f) for f in files]
     assert [l["bytes"] for l in s["layers"]] == list(np.cumsum([len(f) for f in files]))

@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from compass.liff import LIFF, LIFF_SIZES, LiffConfig, direct_query, local_grid, source_index
+from compass.liff import LIFF, LiffConfig, direct_query, local_grid, source_index
+from compass.models import build_liff, sizes
 from compass.resample import upsample_bicubic, upsample_bicubic_pil
-from compass.train.config import load_recipe
+
+TINY = sizes("tiny")[1]
 
 
 def direct(m: LIFF, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -18,7 +20,7 @@ def direct(m: LIFF, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @pytest.mark.parametrize("unfold", [3, 1])
 def test_factorized_equals_direct_at_any_scale(unfold):
     torch.manual_seed(0)
-    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], unfold=unfold))  # default init: outputs of order 1, as in use
+    m = build_liff(dataclasses.replace(TINY, unfold=unfold))  # default init: outputs of order 1, as in use
     x = torch.rand(2, 3, 7, 9)
     for size in [(7, 9), (17, 13), (28, 36), (10, 20), (8, 30)]:  # 1x, odd, 4x, unequal factors
         ref = direct(m, x, size)
@@ -30,7 +32,7 @@ def test_factorized_equals_direct_at_any_scale(unfold):
 @pytest.mark.parametrize("unfold", [3, 1])
 def test_gradients_match_direct(unfold):
     torch.manual_seed(1)
-    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], unfold=unfold)).double()
+    m = build_liff(dataclasses.replace(TINY, unfold=unfold)).double()
     x = torch.rand(1, 3, 5, 6, dtype=torch.float64)
     g1 = torch.autograd.grad(m(x, (11, 9)).square().sum(), list(m.parameters()))
     g2 = torch.autograd.grad(direct(m, x, (11, 9)).square().sum(), list(m.parameters()))
@@ -51,8 +53,8 @@ def test_source_index_and_grid():
         assert g.abs().max() <= 1.0 and source_index(dst, src).max() == src - 1
 
 
-CPU_WIDTHS = LiffConfig.from_dict(load_recipe("cpu")["liff"])  # the shipped widths
-FAST_WIDTHS = LiffConfig.from_dict(load_recipe("cpu-fast")["liff"])  # no unfolding: parts by a matrix product
+CPU_WIDTHS = sizes("cpu")[1]  # the shipped widths
+FAST_WIDTHS = sizes("cpu-fast")[1]  # no unfolding: parts by a matrix product
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -60,7 +62,7 @@ FAST_WIDTHS = LiffConfig.from_dict(load_recipe("cpu-fast")["liff"])  # no unfold
 def test_chunked_queries_equal_one_pass_exactly(threads, widths):
     """Chunks (bands of target rows, each projecting only its own source rows) give the same floats as one pass."""
     torch.manual_seed(2)
-    m = LIFF(widths).eval()
+    m = build_liff(widths).eval()
     if widths.skip:  # its last layer starts at zero: give the filter product something to compute
         for p in m.layers[-1].parameters():
             torch.nn.init.normal_(p, std=0.1)
@@ -81,7 +83,7 @@ def test_inference_writes_in_place_without_changing_results_or_the_input():
     """Without autograd a prediction writes its bands into one output and adds into the fresh upsampling; with
     autograd, or a batch (bands not contiguous), it copies: the same floats, and the input is never touched."""
     torch.manual_seed(6)
-    m = LIFF(FAST_WIDTHS).eval()
+    m = build_liff(FAST_WIDTHS).eval()
     for p in m.layers[-1].parameters():
         torch.nn.init.normal_(p, std=0.1)
     for batch, layout in [(1, torch.channels_last), (1, torch.contiguous_format), (2, torch.contiguous_format)]:
@@ -102,7 +104,7 @@ def test_rdn_stripes_equal_whole_image_exactly(threads):
     `RDN_STRIPE` pixels); the first and last stripes have context on one side only, the middle ones on both.
     """
     torch.manual_seed(3)
-    m = LIFF(CPU_WIDTHS).eval()
+    m = build_liff(CPU_WIDTHS).eval()
     assert m.rdn.halo == 3 + CPU_WIDTHS.blocks * CPU_WIDTHS.convs
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -118,7 +120,7 @@ def test_rdn_stripes_equal_whole_image_exactly(threads):
 def test_skip_predicts_bicubic_plus_the_filter_product():
     """With `skip` an untrained model predicts exactly bicubic; trained, it adds the (factorized) filter product."""
     torch.manual_seed(4)
-    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], skip=True))
+    m = build_liff(dataclasses.replace(TINY, skip=True))
     x = torch.rand(2, 3, 7, 9)
     sizes = [(17, 13), (28, 36), (8, 30)]
     for size in sizes:
@@ -143,16 +145,16 @@ def test_pil_skip_upsampler_is_pillows_bicubic():
         assert np.abs(ours - ref).max() <= 1.5 / 255, (h, w)  # Pillow rounds after each pass
         assert np.abs(ours - ref).max() < np.abs(upsample_bicubic(x, (h, w))[0].permute(1, 2, 0).numpy() - ref).max()
     assert torch.equal(upsample_bicubic_pil(x, (9, 13)), x)
-    m = LIFF(dataclasses.replace(LIFF_SIZES["tiny"], skip=True, skip_upsampler="bicubic-pil"))
+    m = build_liff(dataclasses.replace(TINY, skip=True, skip_upsampler="bicubic-pil"))
     assert torch.equal(m(x, (20, 30)), upsample_bicubic_pil(x, (20, 30)))
     with pytest.raises(ValueError, match="skip_upsampler"):
-        LiffConfig(skip_upsampler="lanczos")
+        dataclasses.replace(TINY, skip_upsampler="lanczos")
 
 
 def test_configs_without_skip_or_unfold_load_as_the_method():
-    d = LIFF_SIZES["cpu"].to_dict()
+    d = sizes("cpu")[1].to_dict()
     del d["skip"], d["unfold"]  # a config written before the options existed (the shipped compass-cpu)
     cfg = LiffConfig.from_dict(d)
-    assert cfg == LIFF_SIZES["cpu"] and not cfg.skip and cfg.unfold == 3
+    assert cfg == sizes("cpu")[1] and not cfg.skip and cfg.unfold == 3
     with pytest.raises(ValueError, match="unfold"):
-        LiffConfig(unfold=2)
+        dataclasses.replace(TINY, unfold=2)

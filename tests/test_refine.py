@@ -11,15 +11,15 @@ from compass.api import Compass
 from compass.imageio import load_image
 from compass.pixels import to_tensor
 from compass.quality import q_to_lambda
-from compass.refine import RefineConfig, refine_latents, sga_round
-from compass.weights import build_codec, load_weights
+from compass.models import load
+from compass.refine import RefineConfig, compress_refined, refine_latents, sga_round
 
 KINGFISHER = Path(__file__).resolve().parents[1] / "examples" / "kingfisher.png"
 
 
 @pytest.fixture(scope="module")
 def single():
-    return build_codec(load_weights("compass-cpu-single")[0], "base")
+    return load("compass-cpu-single").model.base
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_refined_latents_cost_less_in_real_bits_and_decode_exactly(single, crop,
     """On the shipped single-layer codec, 40 steps lower the real RD cost (coded bytes, decoded MSE) by > 1%,
     and the refined strings decode to the encoder's reconstruction and symbols."""
     plain = single.compress(crop, q)
-    refined = single.compress(crop, q, refine=RefineConfig(steps=40))
+    refined = compress_refined(single, crop, q, RefineConfig(steps=40))
     c_plain = _cost(single, crop, q, plain["strings"], plain["x_hat"])
     c_ref = _cost(single, crop, q, refined["strings"], refined["x_hat"])
     assert c_ref < 0.99 * c_plain
@@ -72,28 +72,22 @@ def test_refined_latents_cost_less_in_real_bits_and_decode_exactly(single, crop,
 
 def test_refinement_is_deterministic_leaves_the_model_alone_and_zero_steps_is_plain(single, crop):
     before = {k: v.clone() for k, v in single.state_dict().items()}
-    a = single.compress(crop, 0.5, refine=RefineConfig(steps=5))
-    b = single.compress(crop, 0.5, refine=RefineConfig(steps=5))
+    a = compress_refined(single, crop, 0.5, RefineConfig(steps=5))
+    b = compress_refined(single, crop, 0.5, RefineConfig(steps=5))
     assert a["strings"] == b["strings"]
     assert all(torch.equal(v, single.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in single.parameters())
-    assert single.compress(crop, 0.5, refine=RefineConfig(steps=0))["strings"] == single.compress(crop, 0.5)["strings"]
+    plain = single.compress(crop, 0.5)["strings"]
+    assert compress_refined(single, crop, 0.5, RefineConfig(steps=0))["strings"] == plain
 
 
 def test_a_useless_refinement_is_not_written(single, crop):
     """A refinement that only hurts (a huge learning rate) loses to the plain latents, which are then coded."""
     plain = single.compress(crop, 0.5)
-    y, z = _latents(single, crop, 0.5)
-    wild_y, wild_z = refine_latents(single, crop, 0.5, y, z, RefineConfig(steps=3, lr=50.0))
-    assert (wild_y - y).abs().mean() > 10  # the refinement really went astray
-    assert single.compress(crop, 0.5, refine=RefineConfig(steps=3, lr=50.0))["strings"] == plain["strings"]
-
-
-def _latents(m, x, q):
-    with torch.no_grad():
-        gain, _, hgain, _ = m.gains(torch.tensor([q]))
-        y = m.g_a(x) * gain
-        return y, m.h_a(y) * hgain
+    latents = single.analyse(crop, 0.5)
+    wild = refine_latents(single, crop, 0.5, latents, RefineConfig(steps=3, lr=50.0))
+    assert (wild["y"] - latents["y"]).abs().mean() > 10  # the refinement really went astray
+    assert compress_refined(single, crop, 0.5, RefineConfig(steps=3, lr=50.0))["strings"] == plain["strings"]
 
 
 def test_refined_scalable_file_decodes_every_layer_and_spends_less():

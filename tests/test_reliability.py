@@ -509,7 +509,7 @@ class _RunsCode:
 
 def test_checkpoints_and_weights_that_run_code_are_refused(tiny_weights, tmp_path):
     """Issue 22, row 1: every loader of weights or training checkpoints (`train --init`, `--resume`,
-    `history_of`, `load_module_state`, the GPU window's import, the export) reads tensors and plain data only:
+    `history_of`, `models.module_state`, the GPU window's import, the export) reads tensors and plain data only:
     a file whose unpickling would run code is refused with one line, and the code never runs."""
     import torch
 
@@ -517,7 +517,7 @@ def test_checkpoints_and_weights_that_run_code_are_refused(tiny_weights, tmp_pat
     from compass.train import train
     from compass.train.export import export_checkpoints
     from compass.train.loop import history_of
-    from compass.train.stages import load_module_state
+    from compass.models import module_state
     from compass.train.window import import_window
     from test_train import RECIPE
 
@@ -533,7 +533,7 @@ def test_checkpoints_and_weights_that_run_code_are_refused(tiny_weights, tmp_pat
     (tmp_path / "window").mkdir()
     (tmp_path / "window" / "base.pt").write_bytes(evil.read_bytes())
     (tmp_path / "window" / "window.json").write_text('{"stage": "base"}')
-    loaders = [lambda: Compass(evil), lambda: history_of(evil), lambda: load_module_state(evil, "codec"),
+    loaders = [lambda: Compass(evil), lambda: history_of(evil), lambda: module_state(evil, "base"),
                lambda: train(RECIPE, "base", tmp_path / "new", init=str(evil), data=str(photos), progress=False),
                lambda: train(RECIPE, "base", tmp_path / "run", resume=True, data=str(photos), progress=False),
                lambda: import_window(tmp_path / "window", checkpoints=tmp_path / "checkpoints"),

@@ -20,8 +20,8 @@ from conftest import REPO, synthetic_image
 
 RECIPE = {
     "name": "tiny", "seed": 3,
-    "codec": {"N": 8, "M": 12, "levels": 3},
-    "liff": {"feat": 8, "blocks": 1, "convs": 2, "growth": 4, "hidden": [16, 16]},
+    "codec": load_recipe("tiny")["codec"],
+    "liff": load_recipe("tiny")["liff"],
     "data": {"train": "unused", "val_count": 2, "val_crop": 32},
     "train": {"checkpoint_minutes": 0, "log_every": 1, "val_every": 2, "clip": 1.0, "aux_lr": 1e-3},
     "stages": {
@@ -68,8 +68,8 @@ def test_base_stage_logs_checkpoints_and_resumes_exactly(tmp_path, data_dir, mon
     monkeypatch.setattr(stages.BaseStage, "train_step", real)
     resumed = train(RECIPE, "base", tmp_path / "b", data=str(data_dir), threads=1, progress=False, resume=True)
     assert resumed["step"] == 4
-    for k, v in params(straight, "codec").items():
-        assert torch.equal(v, resumed["modules"]["codec"][k]), k
+    for k, v in params(straight, "base").items():
+        assert torch.equal(v, resumed["modules"]["base"][k]), k
     steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "log.csv")) if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4]  # no duplicated rows after the resume
 
@@ -161,7 +161,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, mon
     with pytest.raises(NonFiniteLoss, match="step 2"):
         train(RECIPE, "base", tmp_path, data=str(data_dir), threads=1, progress=False)
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["modules"]["codec"].values()
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["modules"]["base"].values()
                                    if v.is_floating_point())
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
@@ -174,7 +174,7 @@ def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
                                      liff_from=str(tmp_path / "liff" / "checkpoint.pt"),
                                      residual_from=str(tmp_path / "base" / "checkpoint.pt"))
     ck = train(recipe, "joint", tmp_path / "joint", data=str(data_dir), threads=1, progress=False)
-    base = torch.load(tmp_path / "base" / "checkpoint.pt", weights_only=False)["modules"]["codec"]
+    base = torch.load(tmp_path / "base" / "checkpoint.pt", weights_only=False)["modules"]["base"]
     for k, v in base.items():  # the base stays frozen
         assert torch.equal(v, ck["modules"]["base"][k]), k
     val = [r for r in csv.DictReader(open(tmp_path / "joint" / "log.csv")) if r["kind"] == "val"]
@@ -208,18 +208,17 @@ def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
 
 def test_init_from_shipped_weights(tmp_path, data_dir):
     """A new session continues from committed weights: the stage starts from them, and says so."""
-    from compass.weights import export, load_weights, state_from_weights
+    from compass.models import module_state
 
-    from conftest import spread_codec
+    from conftest import tiny_single_weights_file
 
-    path = tmp_path / "w.pt"
-    export({"base": spread_codec()}, {"codec": RECIPE["codec"]}, "compass-tiny-single", path)
+    path = tiny_single_weights_file(tmp_path / "w.pt")
     ck = train(RECIPE, "base", tmp_path / "run", data=str(data_dir), threads=1, progress=False, steps=0,
                init=str(path))
-    want = state_from_weights(load_weights(path)[0], "base")
+    want = module_state(path, "base")
     assert ck["init_from"] == str(path)
     for k, v in want.items():
-        assert torch.equal(v, ck["modules"]["codec"][k]), k
+        assert torch.equal(v, ck["modules"]["base"][k]), k
 
 
 def test_curves_show_a_bpp_panel_only_for_stages_that_code(tmp_path):
@@ -257,7 +256,7 @@ from compass.train import train
 from compass.train.config import load_recipe
 recipe = json.loads(sys.argv[1])
 ck = train(recipe, "base", sys.argv[2], data=sys.argv[3], threads=1, progress=False)
-h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in ck["modules"]["codec"].values())).hexdigest()
+h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in ck["modules"]["base"].values())).hexdigest()
 hashes = [None] * dist.get_world_size()
 dist.all_gather_object(hashes, h)
 if dist.get_rank() == 0:
@@ -287,22 +286,23 @@ def test_two_process_ddp_keeps_replicas_equal(tmp_path, data_dir):
 def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shipped):
     """A weights file's probability tables equal those `update()` builds from its own (fp16) parameters, so a
     file coded with the shipped tables decodes with a model rebuilt from the stored weights, and the reverse."""
-    from compass.weights import build_codec, export, load_weights, registered
-
-    from conftest import spread_codec
+    from compass.models import load, random_model, save
+    from compass.weights import registered
 
     if shipped:
         if shipped not in registered():
             pytest.skip(f"{shipped} is not registered")
-        obj = load_weights(shipped)[0]
+        source = shipped
     else:
-        codec = spread_codec()
-        codec.entropy_bottleneck.quantiles.data += 0.3  # off target: export must fit them before rounding
-        export({"base": codec}, {"codec": RECIPE["codec"]}, "compass-tiny-single", tmp_path / "w.pt")
-        obj = load_weights(tmp_path / "w.pt")[0]
-    for module in [m for m in obj["state"] if m != "liff"]:
-        loaded = build_codec(obj, module)
-        rebuilt = build_codec(obj, module)
+        model = random_model("tiny", single=True, spread=True)
+        model.base.entropy_bottleneck.quantiles.data += 0.3  # off target: export must fit them before rounding
+        source = tmp_path / "w.pt"
+        save(model, "compass-tiny-single", source)
+    model = load(source).model
+    for module, loaded in (("base", model.base), ("residual", model.residual)):
+        if loaded is None:
+            continue
+        rebuilt = copy.deepcopy(loaded)
         rebuilt.update()
         for name, buf in loaded.named_buffers():
             assert torch.equal(buf, dict(rebuilt.named_buffers())[name]), (module, name)
@@ -310,15 +310,14 @@ def test_exported_tables_are_what_the_stored_parameters_rebuild(tmp_path, shippe
 
 def test_export_stores_frozen_modules_bit_for_bit(tmp_path):
     """A module loaded from weights and passed as `frozen` is written unchanged (no second quantile fit)."""
-    from compass.weights import build_codec, export, load_weights, state_from_weights
+    from compass.models import load, module_state
+    from compass.weights import export
 
-    from conftest import spread_codec
+    from conftest import tiny_single_weights_file
 
-    cfg = {"codec": RECIPE["codec"]}
-    export({"base": spread_codec()}, cfg, "compass-tiny-single", tmp_path / "a.pt")
-    first = load_weights(tmp_path / "a.pt")[0]
-    export({"base": build_codec(first, "base")}, cfg, "again", tmp_path / "b.pt", frozen={"base"})
-    a, b = (state_from_weights(o, "base") for o in (first, load_weights(tmp_path / "b.pt")[0]))
+    first = tiny_single_weights_file(tmp_path / "a.pt")
+    export({"base": load(first).model.base}, {"codec": RECIPE["codec"]}, "again", tmp_path / "b.pt", frozen={"base"})
+    a, b = (module_state(path, "base") for path in (first, tmp_path / "b.pt"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -326,12 +325,13 @@ def test_export_stores_frozen_modules_bit_for_bit(tmp_path):
 def test_shipped_scalable_models_have_the_single_layer_codec_as_base(name):
     """The base layer of every shipped scalable model is compass-cpu-single, bit for bit (the simulcast and
     single-layer baselines of the evaluation are then the scalable model's own base codec)."""
-    from compass.weights import load_weights, registered, state_from_weights
+    from compass.models import module_state
+    from compass.weights import registered
 
     if not {name, "compass-cpu-single"} <= set(registered()):
         pytest.skip("shipped weights are not registered")
-    base = state_from_weights(load_weights(name)[0], "base")
-    single = state_from_weights(load_weights("compass-cpu-single")[0], "base")
+    base = module_state(name, "base")
+    single = module_state("compass-cpu-single", "base")
     assert base.keys() == single.keys() and all(torch.equal(base[k], single[k]) for k in base)
 
 
@@ -358,13 +358,14 @@ def test_scalable_weights_refer_to_their_shipped_base_and_keep_their_file_ids(tm
 
 
 def test_export_refers_to_a_shipped_base_only_when_it_is_that_base_bit_for_bit(tmp_path):
-    from compass.weights import WeightsError, build_codec, export, load_weights, registered
+    from compass.models import load
+    from compass.weights import WeightsError, export, load_weights, registered
 
     if "compass-cpu-single" not in registered():
         pytest.skip("shipped weights are not registered")
     single, _ = load_weights("compass-cpu-single")
     configs = {"codec": single["config"]["codec"]}
-    base = build_codec(single, "base")
+    base = load("compass-cpu-single").model.base
     export({"base": base}, configs, "x", tmp_path / "ref.pt", frozen={"base"}, base_ref="compass-cpu-single")
     back, _ = load_weights(tmp_path / "ref.pt")
     assert all(torch.equal(v, single["state"]["base"][k]) for k, v in back["state"]["base"].items())

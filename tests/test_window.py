@@ -92,8 +92,8 @@ def test_two_windows_dry_run_continue_and_import(photos, tmp_path, monkeypatch):
     assert files == ["base.pt", "curves.png", "log.csv", "window.json"]
     assert {r["variant"] for r in first["probe"]} == {"eager", "eager-nchw"} and first["init"] is None
     back = torch.load(tmp_path / "out1" / "base.pt", weights_only=False)
-    assert back["optimizer"] is None and back["modules"]["codec"]["g_a.convs.0.weight"].dtype == torch.float16
-    assert back["modules"]["codec"]["entropy_bottleneck.target"].dtype == torch.float32  # buffers as they were
+    assert back["optimizer"] is None and back["modules"]["base"]["g_a.convs.0.weight"].dtype == torch.float16
+    assert back["modules"]["base"]["entropy_bottleneck.target"].dtype == torch.float32  # buffers as they were
     assert first["steps"] == back["step"] > 20
 
     rec1 = window.import_window(tmp_path / "out1", checkpoints=ck_root, data=str(photos))

@@ -23,7 +23,7 @@ from compass.evaluate.run import list_images
 from compass.imageio import load_image
 from compass.pixels import to_pixels, to_tensor
 from compass.paths import data_dir
-from compass.weights import build_codec, load_weights
+from compass.models import load
 
 
 def ceilings(codec, px: np.ndarray, q: float, optimize: int = 0, lr: float = 0.01) -> dict:
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--optimize", type=int, default=0, metavar="STEPS")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    codec = build_codec(load_weights(args.model)[0], "base")
+    codec = load(args.model).model.base
     files = list_images(args.data or data_dir("kodak"), args.images)
     rows = []
     keys = ["bpp", "psnr", "jpeg2000_psnr", "amortized_ceiling"] + (["decoder_ceiling"] if args.optimize else [])

@@ -26,14 +26,13 @@ import torch
 from torch import nn
 
 from compass import DEFAULT_SINGLE
-from compass.codec import MeanScaleHyperprior
 from compass.layers import GDN, Synthesis, deconv
+from compass.models import build_codec, load
 from compass.paths import data_dir
 from compass.quality import q_to_lambda
 from compass.train.config import load_recipe
 from compass.train.data import CropSampler, list_images, split, validation_crops
 from compass.train.stages import psnr
-from compass.weights import build_codec, load_weights
 
 
 def widen_synthesis(g_s: Synthesis, width: int, noise: float = 1e-3, seed: int = 0) -> Synthesis:
@@ -77,7 +76,7 @@ class FrozenCoder(nn.Module):
 
     def __init__(self, codec):
         super().__init__()
-        self.codec = MeanScaleHyperprior(codec.config)
+        self.codec = build_codec(codec.config)
         self.codec.load_state_dict(codec.state_dict())
         self.codec.g_s = _DecoderInput()
         self.codec.eval().requires_grad_(False)
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    codec = build_codec(load_weights(args.model)[0], "base")
+    codec = load(args.model).model.base
     g_s = codec.g_s
     if args.width and args.width != codec.config.N:
         g_s = widen_synthesis(g_s, args.width, seed=args.seed)

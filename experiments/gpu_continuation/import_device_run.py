@@ -19,7 +19,7 @@ from pathlib import Path
 
 from compass.train.loop import LOG_FIELDS, log_row, plot_log, save_atomic
 from compass.train.window import held_out_validation
-from compass.weights import safe_load
+from compass.models import load_checkpoint
 
 
 def relabel_and_append(log: Path, ck: dict, rows: list[dict]) -> None:
@@ -47,14 +47,14 @@ def main() -> None:
     src = args.device_dir
     with tarfile.open(src / "logs.tar.gz") as tar:
         logs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("log.csv")}
-    base = safe_load(src / "base.pt")
+    base = load_checkpoint(src / "base.pt")
     if args.init_from:
         base["init_from"] = args.init_from
     jobs = [(base, args.base_run, "runs/cpu-gpu/base/log.csv")]
     if not args.no_joint:
         for f, run in (("joint-cpu.pt", "runs/cpu-gpu/joint"), ("joint-lite.pt", "runs/cpu-lite-gpu/joint")):
-            ck = safe_load(src / f)
-            ck["modules"] = {"base": base["modules"]["codec"], **ck["modules"]}
+            ck = load_checkpoint(src / f)
+            ck["modules"] = {"base": base["modules"]["base"], **ck["modules"]}
             jobs.append((ck, Path(run), f"{run}/log.csv"))
     for ck, run, log_name in jobs:
         run.mkdir(parents=True, exist_ok=True)

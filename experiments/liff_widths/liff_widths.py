@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from compass.bench.measure import liff_macs, rdn_macs
-from compass.liff import LIFF, LiffConfig
+from compass.liff import LiffConfig
+from compass.models import build_liff
 from compass.train.config import load_recipe
 from compass.train.export import last_validation
 from compass.train.loop import train
@@ -62,7 +63,7 @@ def predict_ms(cfg: LiffConfig, repeat: int = 5) -> float:
     """Median time of one prediction 384x256 -> 768x512 on one thread (weights do not change the time)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    m = LIFF(cfg).eval()
+    m = build_liff(cfg).eval()
     x = torch.rand(1, 3, 256, 384)
     times = []
     with torch.no_grad():

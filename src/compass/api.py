@@ -28,7 +28,8 @@ from .pixels import all_finite, to_pixels, to_tensor
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
-from .weights import build_scalable, load_weights, registered
+from .models import load
+from .weights import registered
 
 DEFAULT_LAYERS = (0.25, 0.5, 1.0)
 BICUBIC = "+bicubic"  # a model name's suffix for the bicubic-predictor ablation
@@ -66,13 +67,13 @@ class Compass:
     def __init__(self, model: str | Path | None = None, predictor: str = "liff", device: str | None = None,
                  max_pixels: int = MAX_PIXELS):
         self.explicit = model is not None
-        obj, digest = load_weights(DEFAULT_MODEL if model is None else model)
-        self.model = build_scalable(obj, predictor).to(device or "cpu")
+        loaded = load(DEFAULT_MODEL if model is None else model, predictor)
+        self.model = loaded.model.to(device or "cpu")
         self.device = torch.device(device or "cpu")
-        self.name = obj["name"] if predictor == "liff" else f"{obj['name']}{BICUBIC}"
-        self.model_id = bytes.fromhex(digest)[: bitstream.MODEL_ID_BYTES]
+        self.name = loaded.name if predictor == "liff" else f"{loaded.name}{BICUBIC}"
+        self.model_id = bytes.fromhex(loaded.id)[: bitstream.MODEL_ID_BYTES]
         self.max_pixels = max_pixels
-        self.info = obj.get("info", {})
+        self.info = loaded.info
 
     @staticmethod
     def plan(height: int, width: int, layers: Sequence[float] | None = None,

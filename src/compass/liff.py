@@ -33,7 +33,8 @@ SKIP_UPSAMPLERS = {"bicubic": upsample_bicubic, "bicubic-pil": upsample_bicubic_
 
 @dataclass(frozen=True)
 class LiffConfig:
-    """Widths: feature C, RDN blocks x convs with growth G, and the MLP's hidden widths.
+    """Widths: feature C, RDN blocks x convs with growth G, and the MLP's hidden widths (the sizes are the
+    recipes', `compass.models.sizes`).
 
     `skip`: predict bicubic upsampling plus the filter product, which then learns only a correction (its last
     layer starts at zero, so an untrained model predicts exactly bicubic). The method predicts with the filter
@@ -47,11 +48,11 @@ class LiffConfig:
     projection, for light predictors.
     """
 
-    feat: int = 64
-    blocks: int = 4
-    convs: int = 4
-    growth: int = 32
-    hidden: tuple[int, ...] = (256, 256, 256, 256)
+    feat: int
+    blocks: int
+    convs: int
+    growth: int
+    hidden: tuple[int, ...]
     skip: bool = False
     skip_upsampler: str = "bicubic"
     unfold: int = 3
@@ -71,13 +72,6 @@ class LiffConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LiffConfig":
         return cls(**{**d, "hidden": tuple(d["hidden"])})
-
-
-LIFF_SIZES = {
-    "paper": LiffConfig(),
-    "cpu": LiffConfig(feat=32, blocks=3, convs=3, growth=16, hidden=(64, 64, 64)),
-    "tiny": LiffConfig(feat=8, blocks=1, convs=2, growth=4, hidden=(16, 16)),
-}
 
 
 class _DenseBlock(nn.Module):
@@ -151,7 +145,7 @@ def source_blocks(h: int, w: int) -> list[tuple[int, int]]:
 class LIFF(nn.Module):
     """Arbitrary-scale predictor of layer k from the reconstruction of layer k-1."""
 
-    def __init__(self, cfg: LiffConfig = LiffConfig()):
+    def __init__(self, cfg: LiffConfig):
         super().__init__()
         self.config = cfg
         self.rdn = RDN(cfg)

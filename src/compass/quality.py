@@ -1,4 +1,4 @@
-"""The one quality mapping: q in [0, 1] -> lambda, and q -> gain-unit interpolation weights.
+"""The one quality mapping: q in [0, 1] -> lambda, q -> gain-unit interpolation weights, and the cost lambda weighs.
 
 Training and coding both read it from here, so a q written into a file always means the same rate point.
 """
@@ -18,6 +18,12 @@ def q_to_lambda(q, lambda_range: tuple[float, float] = (LAMBDA_MIN, LAMBDA_MAX))
     still means what its model was trained for."""
     lo, hi = lambda_range
     return lo * (hi / lo) ** q
+
+
+def rd_cost(bpp, mse, q, lambda_range: tuple[float, float] = (LAMBDA_MIN, LAMBDA_MAX)):
+    """The rate-distortion cost every codec is trained and refined for: R + lambda(q) * 255^2 * MSE, with R in bits
+    per pixel and MSE of images in [0, 1] (floats, or tensors of matching shapes)."""
+    return bpp + q_to_lambda(q, lambda_range) * 255**2 * mse
 
 
 def interpolate_log_gains(log_gains: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

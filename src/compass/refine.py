@@ -4,8 +4,10 @@ The analysis transforms g_a and h_a are amortized: one network guesses the laten
 guess is not the best the decoder could be given. Per image, `refine_latents` improves y and z by gradient
 descent on the codec's own loss, R + lambda(q) * 255^2 * MSE, where the bits are those of the two entropy
 models and rounding is relaxed by SGA: each value is rounded down or up at random with odds that depend on its
-distance to the two integers, and a temperature that anneals towards hard rounding. Only the encoder changes:
-the decoder, the file format and the decoded symbol check are those of an unrefined encode.
+distance to the two integers, and a temperature that anneals towards hard rounding; `compress_refined` then codes
+the refined or the plain latents, whichever cost less. Only the encoder changes: the decoder, the file format and
+the decoded symbol check are those of an unrefined encode. Everything goes through the codec's public steps
+(`analyse`, `rate`, `synthesise`, `compress`).
 
 Cost: one forward and backward pass through h_s and g_s per step (on one thread, so that files stay identical
 whatever the thread count), and the memory of a training step on the whole image.
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .quality import q_to_lambda
+from .codec import MeanScaleHyperprior
+from .layers import one_thread
+from .quality import rd_cost
 
 
 @dataclass(frozen=True)
@@ -57,36 +61,45 @@ def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.
     return lo + torch.sigmoid((up - down) / tau)
 
 
-def refine_latents(codec, x: torch.Tensor, q: float, y: torch.Tensor, z: torch.Tensor,
-                   config: RefineConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refined (y, z) for image `x` (1, 3, H, W) coded by `codec` (a MeanScaleHyperprior) at quality q.
-
-    y and z are the gained latents `compress` codes (y = g_a(x) * gain, z = h_a(y) * hyper_gain), the start
-    point. Deterministic for a given seed. The codec's parameters get no gradients and are not changed.
-    """
+def refine_latents(codec: MeanScaleHyperprior, x: torch.Tensor, q: float, latents: dict,
+                   config: RefineConfig) -> dict:
+    """Refined gained latents {"y", "z"} for image `x` (1, 3, H, W) coded by `codec` at quality q, starting from
+    `latents` (the codec's `analyse`). Deterministic for a given seed; the codec's parameters get no gradients
+    and are not changed. Runs on one thread, so that files stay identical whatever the thread count."""
     generator = torch.Generator(device=x.device).manual_seed(config.seed)
-    qq = torch.full((1,), float(q), device=x.device)
-    with torch.no_grad():
-        _, inv_gain, _, hyper_inv = codec.gains(qq)
-    img, hyp = codec.latent_sizes(*x.shape[-2:])
-    medians = codec.entropy_bottleneck.medians().view(1, -1, 1, 1)
-    lam = q_to_lambda(float(q), codec.config.lambda_range) * 255 ** 2
-    pixels = x.shape[-2] * x.shape[-1]
-    y = y.detach().clone().requires_grad_(True)
-    z = z.detach().clone().requires_grad_(True)
+    shape = tuple(x.shape[-2:])
+    y = latents["y"].detach().clone().requires_grad_(True)
+    z = latents["z"].detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([y, z], lr=config.lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), one_thread():
         for step in range(config.steps):
             tau = config.tau(step)
-            z_soft = sga_round(z - medians, tau, generator) + medians
-            scales, means = codec._hyper_synthesis(z_soft, hyper_inv, hyp)
-            y_soft = sga_round(y - means, tau, generator) + means
-            bits = codec.gaussian_conditional.likelihood(y_soft, scales, means).log2().sum()
-            bits = bits + codec.entropy_bottleneck.likelihood(z_soft).log2().sum()
-            x_hat = codec.g_s(y_soft * inv_gain, img[-2::-1])
-            loss = -bits / pixels + lam * torch.mean((x_hat - x) ** 2)
+            out = codec.rate({"y": y, "z": z}, q, shape, lambda v: sga_round(v, tau, generator))
+            bpp = -sum(lik.log2().sum() for lik in out["likelihoods"].values()) / (shape[0] * shape[1])
+            x_hat = codec.synthesise(out["y_hat"], q, shape, differentiable=True)
+            loss = rd_cost(bpp, torch.mean((x_hat - x) ** 2), q, codec.config.lambda_range)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"latent refinement diverged at step {step} (loss {loss.item()})")
             y.grad, z.grad = torch.autograd.grad(loss, [y, z])
             opt.step()
-    return y.detach(), z.detach()
+    return {"y": y.detach(), "z": z.detach()}
+
+
+@torch.no_grad()
+def compress_refined(codec: MeanScaleHyperprior, x: torch.Tensor, q: float, config: RefineConfig,
+                     reconstruct: bool = True) -> dict:
+    """`codec.compress` of image `x` at quality q with refined latents, or with the plain ones when those have
+    the lower real cost (coded bits per pixel + lambda * 255^2 * MSE of the decoded image, `quality.rd_cost`):
+    refinement descends a relaxed cost and may, rarely, not pay."""
+    plain = codec.analyse(x, q)
+    if config.steps == 0:
+        return codec.compress(x, q, reconstruct, plain)
+    refined = refine_latents(codec, x, q, plain, config)
+    candidates = [codec.compress(x, q, True, latents) for latents in (plain, refined)]
+
+    def cost(coded: dict) -> float:
+        bpp = sum(len(s) for s in coded["strings"]) * 8 / x[0, 0].numel()
+        return rd_cost(bpp, torch.mean((coded["x_hat"] - x) ** 2).item(), q, codec.config.lambda_range)
+
+    best = min(candidates, key=cost)
+    return best if reconstruct else {**best, "x_hat": None}

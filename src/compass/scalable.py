@@ -14,7 +14,7 @@ from torch import nn
 
 from .codec import MeanScaleHyperprior
 from .liff import LIFF
-from .refine import RefineConfig
+from .refine import RefineConfig, compress_refined
 from .resample import upsample_bicubic
 
 
@@ -93,13 +93,20 @@ class ScalableCodec(nn.Module):
         `x_prev` (the reconstruction of the layer below). Returns its code and reconstruction (None when not
         `reconstruct`). What `compress` does per layer, callable alone to try qualities for one layer."""
         if x_prev is None:
-            out = self.base.compress(target, q, reconstruct, refine)
+            out = self._compress(self.base, target, q, reconstruct, refine)
             return LayerCode(out["strings"], out["check"]), out["x_hat"]
         if self.residual is None:
             raise ValueError("a single-layer codec codes one layer only")
         pred = self.predict(x_prev, tuple(target.shape[-2:]))
-        out = self.residual.compress(target - pred, q, reconstruct, refine)
+        out = self._compress(self.residual, target - pred, q, reconstruct, refine)
         return LayerCode(out["strings"], out["check"]), None if out["x_hat"] is None else pred.add_(out["x_hat"])
+
+    @staticmethod
+    def _compress(codec: MeanScaleHyperprior, x: torch.Tensor, q: float, reconstruct: bool,
+                  refine: RefineConfig | None) -> dict:
+        if refine is None:
+            return codec.compress(x, q, reconstruct)
+        return compress_refined(codec, x, q, refine, reconstruct)
 
     @torch.no_grad()
     def decompress_iter(self, codes: list[LayerCode], sizes: list[tuple[int, int]], qualities: list[float]):

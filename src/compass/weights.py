@@ -1,10 +1,11 @@
-"""The weights registry: shipped files in `compass/pretrained/`, a manifest, sha256 checks, models rebuilt from config.
+"""The weights registry: shipped files in `compass/pretrained/`, a manifest, sha256 checks, checked configs.
 
-A weights file is self-describing: it carries the config that rebuilds its model, so nothing here keeps a
-parallel table of architectures. A scalable model whose base is a shipped single-layer codec refers to it
-(`base_from`: name and sha256) instead of holding a copy: the five shipped models hold one base, not five. Floating-point parameters are stored in fp16 (half the size); the integer
-probability tables are stored exactly and are rebuilt at export time from the fp16-rounded parameters, so the
-tables and the network that uses them always agree.
+A weights file is self-describing: it carries the config that rebuilds its model (`compass.models` builds it), so
+nothing keeps a parallel table of architectures. A scalable model whose base is a shipped single-layer codec refers
+to it (`base_from`: name and sha256) instead of holding a copy: the five shipped models hold one base, not five.
+Floating-point parameters are stored in fp16 (half the size); the integer probability tables are stored exactly
+and are rebuilt at export time from the fp16-rounded parameters, so the tables and the network that uses them
+always agree.
 """
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ from .bitstream import valid_model_name
 from .codec import CodecConfig, MeanScaleHyperprior
 from .errors import CompassError
 from .fileutil import atomic_write, open_input
-from .liff import LIFF, LiffConfig
+from .liff import LiffConfig
 from .limits import MAX_HIDDEN_LAYERS, MODEL_CONFIG_MAX
-from .scalable import ScalableCodec
 
 WEIGHTS_FORMAT = "compass-weights/1"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -132,16 +132,6 @@ def safe_load(path: str | Path, map_location="cpu"):
                                f"could run as code: refused (compass weights and checkpoints hold none)") from None
         except Exception as e:  # a damaged or foreign file fails in many ways inside torch
             raise WeightsError(f"cannot read {path}: damaged or not a torch file ({type(e).__name__})") from None
-
-
-def state_from_weights(obj: dict, module: str) -> dict:
-    """fp32 state dict of one module of a loaded weights object."""
-    alias = {"codec": "base"}
-    try:
-        state = obj["state"][module if module in obj["state"] else alias.get(module, module)]
-    except KeyError:
-        raise WeightsError(f"weights file {obj.get('source', obj.get('name'))} has no module {module!r}") from None
-    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -271,33 +261,3 @@ def _config(cls, d, key: str):
                                        for v in (value if isinstance(value, tuple) else (value,))):
             raise ValueError(f"config {key!r}: {f.name} must be whole numbers from 1 to {top}, got {value!r:.60}")
     return cfg
-
-
-def _load_state(module: nn.Module, obj: dict, key: str) -> nn.Module:
-    """`module` in eval mode with the weights' tensors of `key`; WeightsError when they do not fit its config."""
-    try:
-        module.load_state_dict(state_from_weights(obj, key))
-    except RuntimeError as e:  # "Error(s) in loading state_dict ...:" then one line per kind of misfit
-        detail = " ".join(str(e).splitlines()[1:2]).strip()[:200]
-        raise WeightsError(f"weights file {obj.get('source', obj.get('name'))}: module {key!r} does not fit its "
-                           f"config ({detail})") from None
-    return module.eval()
-
-
-def build_codec(obj: dict, module: str = "base") -> MeanScaleHyperprior:
-    return _load_state(MeanScaleHyperprior(codec_config(obj["config"]["codec"])), obj, module)
-
-
-def build_scalable(obj: dict, predictor: str = "liff") -> ScalableCodec:
-    """The model of a weights object, as a ScalableCodec: a scalable model (predictor "bicubic" swaps LIFF for
-    bicubic, the ablation), or a single-layer codec (no residual codec: it codes one layer)."""
-    if "liff" not in obj["state"]:
-        if predictor != "liff":
-            raise ValueError(f"weights {obj.get('name')!r} hold a single-layer codec: it has no predictor to swap")
-        return ScalableCodec(build_codec(obj, "base"), None, None).eval()
-    liff = None
-    if predictor == "liff":
-        liff = _load_state(LIFF(liff_config(obj["config"]["liff"])), obj, "liff")
-    elif predictor != "bicubic":
-        raise ValueError(f"predictor must be 'liff' or 'bicubic', not {predictor!r}")
-    return ScalableCodec(build_codec(obj, "base"), build_codec(obj, "residual"), liff).eval()

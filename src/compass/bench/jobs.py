@@ -64,9 +64,9 @@ def _job_compass_decode(spec: dict, pixels: np.ndarray) -> dict:
 
 
 def _single(spec: dict):
-    from ..weights import build_codec, load_weights
+    from ..models import load
 
-    codec = build_codec(load_weights(spec["single"])[0], "base")
+    codec = load(spec["single"]).model.base
     return codec, instrument({"single": codec})
 
 
@@ -136,12 +136,13 @@ def _job_liff(spec: dict, pixels) -> dict:
     """Factorized query vs `liff.direct_query` from the same RDN features, random weights (timing only)."""
     import torch
 
-    from ..liff import LIFF, LiffConfig, direct_query
+    from ..liff import direct_query
+    from ..models import build_liff
 
     side, out = spec["size"], []
     for name, cfg in spec["widths"].items():
         torch.manual_seed(0)
-        m = LIFF(LiffConfig.from_dict(cfg)).eval()
+        m = build_liff(cfg).eval()
         for scale in spec["scales"]:
             src = max(1, side // scale)
             with torch.no_grad():

@@ -107,10 +107,9 @@ def liff_macs(cfg, scale: float) -> dict:
 
 def liff_widths() -> dict:
     """The LIFF widths compared: the paper's and the shipped `cpu` recipe's."""
-    from ..liff import LIFF_SIZES, LiffConfig
-    from ..train.config import load_recipe
+    from ..models import sizes
 
-    return {"paper": LIFF_SIZES["paper"], "cpu": LiffConfig.from_dict(load_recipe("cpu")["liff"])}
+    return {"paper": sizes("paper")[1], "cpu": sizes("cpu")[1]}
 
 
 def measure(fn, warmup: int, repeat: int, sections: Sections | None = None):

@@ -56,8 +56,8 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
     from ..api import Compass
     from ..bitstream import quantize_quality
     from ..evaluate.baselines import hevc_encode, hevc_stream_bytes
+    from ..models import load
     from ..pixels import to_tensor
-    from ..weights import build_codec, load_weights
 
     px = pixels.shape[0] * pixels.shape[1]
     out = {"target_bpp": bpp, "jpeg2000_bpp": bpp, "calibrated": trained}
@@ -71,7 +71,7 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
     plan = codec.plan(*pixels.shape[:2], layers=layers)
     out["compass_quality"] = quantize_quality(_bisect(
         lambda q: len(codec.encode(pixels, sizes=plan, quality=q)) * 8 / px, 0.0, 1.0, bpp, 6)[0])
-    sc = build_codec(load_weights(single)[0], "base")
+    sc = load(single).model.base
     x = to_tensor(pixels)
     with torch.no_grad():
         out["single_quality"] = quantize_quality(_bisect(
@@ -82,33 +82,21 @@ def calibrate(pixels: np.ndarray, layers, bpp: float, scalable, single, trained:
 
 def _models(model, single, workdir: Path) -> dict:
     """Weights to run: the given ones, else the registered defaults, else random-weight models of the cpu size."""
-    from ..codec import CodecConfig, MeanScaleHyperprior
-    from ..liff import LIFF
-    from ..train.config import load_recipe
     from .. import DEFAULT_MODEL, DEFAULT_SINGLE
-    from ..weights import export, registered
+    from ..models import random_model, save
+    from ..weights import registered
 
     names = registered()
     model = model or (DEFAULT_MODEL if DEFAULT_MODEL in names else None)
     single = single or (DEFAULT_SINGLE if DEFAULT_SINGLE in names else None)
     out = {"scalable": str(model) if model else None, "single": str(single) if single else None,
            "random": model is None or single is None}
-    if not out["random"]:
-        return out
-    import torch
-
-    recipe = load_recipe("cpu")
-    codec, liff = CodecConfig(**recipe["codec"]), liff_widths()["cpu"]
-    configs = {"codec": codec.to_dict(), "liff": liff.to_dict()}
-    torch.manual_seed(0)
     if model is None:
-        mods = {"base": MeanScaleHyperprior(codec), "residual": MeanScaleHyperprior(codec), "liff": LIFF(liff)}
         out["scalable"] = str(workdir / "random-cpu.pt")
-        export(mods, configs, "compass-bench-random", out["scalable"])
+        save(random_model("cpu"), "compass-bench-random", out["scalable"])
     if single is None:
         out["single"] = str(workdir / "random-cpu-single.pt")
-        export({"base": MeanScaleHyperprior(codec)}, {"codec": configs["codec"]}, "compass-bench-random-single",
-               out["single"])
+        save(random_model("cpu", single=True), "compass-bench-random-single", out["single"])
     return out
 
 

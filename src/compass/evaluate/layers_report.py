@@ -21,14 +21,14 @@ from tqdm import tqdm
 
 from .. import DEFAULT_MODEL, DEFAULT_SINGLE, bitstream
 from ..api import Compass
-from ..codec import MeanScaleHyperprior
 from ..imageio import load_image
+from ..models import load
 from ..paths import data_dir
 from ..pixels import to_pixels, to_tensor
 from ..procs import map_in_children, serve
 from ..refine import RefineConfig
 from ..resample import plan_from_fractions, resize
-from ..weights import build_codec, load_weights
+from ..scalable import ScalableCodec
 from .baselines import BASELINES, jpeg2000
 from .bdrate import bd_psnr, bd_rate
 from .metrics import psnr_uint8
@@ -64,7 +64,7 @@ def scalable_table(codec: Compass, images: list[np.ndarray], qualities=QUALITIES
 SINGLE_QUALITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine: RefineConfig | None) -> list[dict]:
+def _single_image(single: ScalableCodec, px: np.ndarray, qualities, refine: RefineConfig | None) -> list[dict]:
     """One image at each q: our bpp (coded y and z bytes) and PSNR, JPEG 2000 at that bpp, JPEG interpolated."""
     jpeg = BASELINES["jpeg"]
     pixels = px[..., 0].size
@@ -73,11 +73,11 @@ def _single_image(single: MeanScaleHyperprior, px: np.ndarray, qualities, refine
     out = []
     for q in qualities:
         start = time.perf_counter()
-        code = single.compress(to_tensor(px), q, refine=refine)
+        code, x_hat = single.code_layer(to_tensor(px), q, None, refine=refine)
         seconds = time.perf_counter() - start
-        bpp = sum(len(s) for s in code["strings"]) * 8 / pixels
+        bpp = sum(len(s) for s in code.strings) * 8 / pixels
         j2k = jpeg2000(px, bpp)
-        out.append({"q": q, "bpp": bpp, "psnr": psnr_uint8(to_pixels(code["x_hat"]), px), "encode_s": seconds,
+        out.append({"q": q, "bpp": bpp, "psnr": psnr_uint8(to_pixels(x_hat), px), "encode_s": seconds,
                     "jpeg2000_bpp": j2k.num_bytes * 8 / pixels, "jpeg2000_psnr": psnr_uint8(j2k.image, px),
                     "jpeg_psnr": float(np.interp(np.log(bpp), np.log(rates), quals))})
     return out
@@ -87,12 +87,8 @@ def serve_images(channel, single: str) -> None:
     """A child of `single_layer_table` (`procs.map_in_children`): one thread, the codec loaded once, an image's
     rows for each (pixels, qualities, refine) sent."""
     torch.set_num_threads(1)
-    codec = _load_single(single)
+    codec = load(single).model
     serve(channel, lambda work: _single_image(codec, *work))
-
-
-def _load_single(single: str) -> MeanScaleHyperprior:
-    return build_codec(load_weights(single)[0], "base")
 
 
 def single_layer_table(single: str, images: list[np.ndarray], qualities=SINGLE_QUALITIES,
@@ -106,7 +102,7 @@ def single_layer_table(single: str, images: list[np.ndarray], qualities=SINGLE_Q
             per_image = map_in_children("compass.evaluate.layers_report:serve_images", (single,), work, jobs,
                                         done=bar.update)
     else:
-        codec = _load_single(single)
+        codec = load(single).model
         per_image = [_single_image(codec, *w) for w in tqdm(work, desc="single-layer")]
     keys = ("bpp", "psnr", "encode_s", "jpeg2000_bpp", "jpeg2000_psnr", "jpeg_psnr")
     rows = [{"q": q, **{k: float(np.mean([img[i][k] for img in per_image])) for k in keys}}

@@ -85,13 +85,13 @@ def _manifest(rng, s: Sample, corpus):
 
 def _checkpoint(rng, s: Sample, corpus):
     """A training checkpoint (its types: tensors, numpy RNG state, plain data) for `history_of` and
-    `load_module_state`, the loaders of `compass train --init` and `--resume`: valid, with an object that runs
+    `module_state`, the loaders of `compass train --init` and `--resume`: valid, with an object that runs
     code when unpickled somewhere in it, or damaged. It must load, or be refused by a WeightsError; no code runs."""
     kind = rng.choice(["valid", "code", "code", "bytes"])
     if kind == "valid":
         edit, expect = (), ("loaded",)
     elif kind == "code":
-        path = rng.choice([(), ("history",), ("sampler",), ("modules", "codec", "*"), ("recipe", "name"), ("extra",)])
+        path = rng.choice([(), ("history",), ("sampler",), ("modules", "base", "*"), ("recipe", "name"), ("extra",)])
         edit, expect = (("set", path, EVIL if path != ("history",) else [{"steps": 1}, EVIL]),), ("WeightsError",)
     else:
         edit, expect = (rng.choice([("cut", (), rng.random()), ("flip", (), rng.getrandbits(32))]),), ("loaded",
@@ -201,7 +201,7 @@ def _seeds_of(model: int, small_data: bytes, three_data: bytes) -> tuple[dict, .
     damaged_top = three.data[:-1]
     return (
         # 1: code in a checkpoint left as RUN_DIR/checkpoint.pt for `train --resume`, in weights, and in a checkpoint
-        # for `train --init` (`history_of` and `load_module_state`, the "checkpoint" cases)
+        # for `train --init` (`history_of` and `module_state`, the "checkpoint" cases)
         _command("train --resume, evil checkpoint.pt", ["train", "recipe.toml", "--run-dir", "run", "--resume"],
                  input="none", files={"recipe.toml": _RECIPE.encode(), **photos, "run/checkpoint.pt": evil},
                  checks=[("absent", "code-ran"), ("stderr", "refused")]),

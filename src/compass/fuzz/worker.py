@@ -20,23 +20,9 @@ TINY = "tiny"  # a model spec "tiny:SEED": a tiny random-weight model built on t
 
 def _tiny_weights(path: Path, seed: int) -> Path:
     """A tiny random-weight scalable model whose latents use many values, tables and escapes (as the tests')."""
-    import torch
+    from ..models import random_model, save
 
-    from ..codec import CODEC_SIZES, MeanScaleHyperprior
-    from ..liff import LIFF, LIFF_SIZES
-    from ..weights import export
-
-    codecs = {}
-    for name, s in (("base", seed), ("residual", seed + 1)):
-        torch.manual_seed(s)
-        m = MeanScaleHyperprior(CODEC_SIZES["tiny"]).eval()
-        with torch.no_grad():
-            for part, gain in ((m.g_a, 60), (m.h_a, 100), (m.h_s, 30)):
-                part.convs[-1].weight.mul_(gain)
-        codecs[name] = m
-    torch.manual_seed(seed)
-    configs = {"codec": CODEC_SIZES["tiny"].to_dict(), "liff": LIFF_SIZES["tiny"].to_dict()}
-    export({**codecs, "liff": LIFF(LIFF_SIZES["tiny"])}, configs, "compass-fuzz-tiny", path)
+    save(random_model("tiny", seed, spread=True), "compass-fuzz-tiny", path)
     return path
 
 
@@ -242,7 +228,7 @@ def _checkpoint_of(weights: dict) -> dict:
     import torch
 
     return {"format": "compass-checkpoint/1", "recipe": {"name": "fuzz"}, "stage": "base", "step": 7,
-            "elapsed_s": 1.5, "modules": {"codec": weights["state"]["base"]},
+            "elapsed_s": 1.5, "modules": {"base": weights["state"]["base"]},
             "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}, "aux_optimizer": None,
             "sampler": [np.random.default_rng(7).bit_generator.state], "generator": torch.Generator().get_state(),
             "torch_rng": torch.get_rng_state(), "init_from": None, "sources": {}, "history": [], "device": "cpu"}
@@ -254,7 +240,7 @@ def load_case(case: Case, base: dict, weights_file: Path, folder: Path) -> dict:
     from .. import weights
     from ..api import Compass
     from ..train.loop import history_of
-    from ..train.stages import load_module_state
+    from ..models import module_state
 
     marker = folder / "code-ran"
     path = folder / ("manifest.json" if case.category == "manifest" else "w.pt")
@@ -277,7 +263,7 @@ def load_case(case: Case, base: dict, weights_file: Path, folder: Path) -> dict:
         def load():
             if case.category == "checkpoint":
                 history_of(path)
-                load_module_state(path, "codec")
+                module_state(path, "base")
             else:
                 Compass(path)
 

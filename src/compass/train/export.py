@@ -13,10 +13,9 @@ import csv
 import json
 from pathlib import Path
 
-from ..codec import CodecConfig, MeanScaleHyperprior
 from ..fileutil import atomic_write_bytes
-from ..liff import LIFF, LiffConfig
-from ..weights import PRETRAINED_DIR, export, manifest, safe_load
+from ..models import build, load_checkpoint, modules_of
+from ..weights import PRETRAINED_DIR, export, manifest
 
 
 def last_validation(run_dir: Path) -> list[dict]:
@@ -41,7 +40,7 @@ def _source_record(source: str, ck: dict | None = None, key: str = "init_from") 
         return kept
     path = Path(source)
     if source not in manifest()["models"] and path.is_file():
-        return {"source": source, "stage": _stage_info(safe_load(path), path)}
+        return {"source": source, "stage": _stage_info(load_checkpoint(path), path)}
     return {"source": source, "training": manifest()["models"].get(source, {}).get("training")}
 
 
@@ -60,10 +59,12 @@ def _stage_info(ck: dict, path: Path) -> dict:
     return info
 
 
-def _codec(state: dict, cfg: dict) -> MeanScaleHyperprior:
-    m = MeanScaleHyperprior(CodecConfig(**cfg))
-    m.load_state_dict(state)
-    return m
+def _model(configs: dict, modules: dict) -> dict:
+    """The modules of the model of `configs`, loaded from checkpoint state dicts `modules` (by name)."""
+    built = modules_of(build(configs))
+    for name, m in built.items():
+        m.load_state_dict(modules[name])
+    return built
 
 
 def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training: dict) -> None:
@@ -86,8 +87,8 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
     if base is None and joint is None:
         raise ValueError("nothing to export: give a base and/or a joint checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ck = safe_load(base) if base is not None else None
-    jk = safe_load(joint) if joint is not None else None
+    ck = load_checkpoint(base) if base is not None else None
+    jk = load_checkpoint(joint) if joint is not None else None
     recipe = (jk or ck)["recipe"]
     data = {"train": recipe["data"]["train"], "val_count": recipe["data"]["val_count"],
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
@@ -100,23 +101,20 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         path = out_dir / f"{single}.pt"
         configs = {"codec": recipe["codec"]}
         training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [base_info]}
-        sha = export({"base": _codec(ck["modules"]["codec"], recipe["codec"])}, configs, single, path, training)
+        sha = export(_model(configs, ck["modules"]), configs, single, path, training)
         _record(single, path, sha, "single-layer", configs, training)
         names.append(single)
     if jk is not None:
         name = name or f"compass-{recipe['name']}"
         path = out_dir / f"{name}.pt"
         configs = {"codec": recipe["codec"], "liff": recipe["liff"]}
-        liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
-        liff.load_state_dict(jk["modules"]["liff"])
         stages = [base_info] if base_info is not None else []
         liff_ck = Path(jk["stage_config"].get("liff_from", ""))
         if liff_ck.is_file():
-            stages.append(_stage_info(safe_load(liff_ck), liff_ck))
+            stages.append(_stage_info(load_checkpoint(liff_ck), liff_ck))
         stages.append(joint_info)
         training = {"recipe": recipe["name"], "data": data, "stages": stages}
-        modules = {"base": _codec(jk["modules"]["base"], recipe["codec"]),
-                   "residual": _codec(jk["modules"]["residual"], recipe["codec"]), "liff": liff}
+        modules = _model(configs, jk["modules"])
         # a base loaded from shipped weights and frozen is stored bit for bit as shipped; from a shipped
         # single-layer model, as a reference to it
         shipped = manifest()["models"].get(jk["stage_config"].get("base_from"))

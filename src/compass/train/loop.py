@@ -16,11 +16,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..fileutil import atomic_write
+from ..models import load_checkpoint, module_state
 from ..paths import data_dir
 from ..weights import safe_load
 from .config import stage_config
 from .data import list_images, make_sampler, split, validation_crops
-from .stages import final_phase_start, load_module_state, lr_at, make_stage
+from .stages import final_phase_start, lr_at, make_stage
 
 CHECKPOINT_FORMAT = "compass-checkpoint/1"
 LOG_FIELDS = ["step", "elapsed_s", "kind", "setting", "loss", "bpp", "psnr", "aux", "lr"]
@@ -113,7 +114,7 @@ class Trainer:
         if not self.ckpt_path.exists():
             return False
         rank, seed, stage_name = self.rank, self.seed, self.stage_name
-        ck = safe_load(self.ckpt_path, map_location=self.device)
+        ck = load_checkpoint(self.ckpt_path, map_location=self.device)
         if ck.get("stage") != stage_name:
             raise ValueError(f"{self.ckpt_path} holds stage {ck.get('stage')!r}, not {stage_name!r}")
         for name, m in self.stage.modules().items():
@@ -147,7 +148,7 @@ class Trainer:
         stage = self.stage
         for name, m in stage.modules().items():
             try:
-                m.load_state_dict(load_module_state(init, name))
+                m.load_state_dict(module_state(init, name))
             except KeyError:  # a slim checkpoint without its frozen base: the stage loaded it from `base_from`
                 if name not in getattr(stage, "frozen", ()):
                     raise

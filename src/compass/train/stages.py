@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..codec import CodecConfig, MeanScaleHyperprior
-from ..liff import LIFF, LiffConfig
-from ..quality import q_to_lambda
+from ..models import build, build_codec, build_liff, module_state
+from ..quality import rd_cost
 from ..resample import pyramid, resize, upsample_bicubic
-from ..scalable import ScalableCodec
 
 
 def memory_format(recipe: dict) -> torch.memory_format:
@@ -55,7 +53,7 @@ def rd_loss(out: dict, target: torch.Tensor, q: torch.Tensor, lambda_range: tupl
     pixels = target.shape[-2] * target.shape[-1]
     bpp = bits(out["likelihoods"]) / pixels
     mse = (out["x_hat"] - target).pow(2).flatten(1).mean(1)
-    loss = (bpp + q_to_lambda(q, lambda_range) * 255**2 * mse).mean()
+    loss = rd_cost(bpp, mse, q, lambda_range).mean()
     return loss, {"loss": loss.detach(), "bpp": bpp.mean().detach(), "psnr": psnr(mse).mean().detach()}
 
 
@@ -67,21 +65,21 @@ class BaseStage:
     def __init__(self, recipe: dict, cfg: dict, device: torch.device):
         self.cfg = cfg
         self.format = memory_format(recipe)
-        self.codec = MeanScaleHyperprior(CodecConfig(**recipe["codec"])).to(device, memory_format=self.format)
+        self.base = build_codec(recipe["codec"]).to(device, memory_format=self.format)
         self.device = device
         self._loss = compiled(self._rd, recipe)
 
     def _rd(self, x: torch.Tensor, q: torch.Tensor):
-        return rd_loss(self.codec(x, q), x, q, self.codec.config.lambda_range)
+        return rd_loss(self.base(x, q), x, q, self.base.config.lambda_range)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"codec": self.codec}
+        return {"base": self.base}
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.codec.named_parameters() if not n.endswith("quantiles")]
+        return [p for n, p in self.base.named_parameters() if not n.endswith("quantiles")]
 
     def aux_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.codec.named_parameters() if n.endswith("quantiles")]
+        return [p for n, p in self.base.named_parameters() if n.endswith("quantiles")]
 
     def train_step(self, sampler, gen: torch.Generator):
         crop = None
@@ -95,20 +93,20 @@ class BaseStage:
                 crop = tuple(int(v) for v in sampler.rng.integers(3 * self.cfg["crop"] // 4, self.cfg["crop"] + 1, 2))
         x = sampler.batch(self.cfg["batch"], crop).to(self.device, memory_format=self.format)
         q = draw_q(x.shape[0], gen, self.device)
-        self.codec.train()
+        self.base.train()
         loss, metrics = (self._loss if crop is None else self._rd)(x, q)
-        return loss, self.codec.aux_loss(), metrics
+        return loss, self.base.aux_loss(), metrics
 
     @torch.no_grad()
     def validate(self, val: torch.Tensor) -> list[dict]:
-        self.codec.eval()
+        self.base.eval()
         rows = []
         for q in (0.0, 0.5, 1.0):
             agg = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
             for i in range(0, val.shape[0], 4):
                 x = val[i:i + 4].to(self.device)
                 qq = torch.full((x.shape[0],), q, device=self.device)
-                _, m = rd_loss(self.codec(x, qq), x, qq, self.codec.config.lambda_range)
+                _, m = rd_loss(self.base(x, qq), x, qq, self.base.config.lambda_range)
                 for k in agg:
                     agg[k] += float(m[k]) * x.shape[0] / val.shape[0]
             rows.append({"setting": f"q={q}", **agg})
@@ -149,26 +147,6 @@ def plan_buckets(cfg: dict, seed: int) -> list[list[tuple[int, int]]]:
     return [sample_sizes(rng, cfg["crop"], max_el_pixels=cfg.get("max_el_pixels", float("inf"))) for _ in range(count)]
 
 
-def load_module_state(source: str | Path, *modules: str) -> dict:
-    """State dict of the first of `modules` found in `source`: a training checkpoint, or shipped weights (a
-    registered name or a weights file; there the single-layer codec is "base", so "codec" finds it)."""
-    from ..weights import load_weights, safe_load, state_from_weights
-
-    if Path(source).exists():
-        ck = safe_load(source)
-        if "modules" in ck:
-            for m in modules:
-                if m in ck["modules"]:
-                    return ck["modules"][m]
-            raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['modules'])}")
-    else:
-        ck = load_weights(source)[0]
-    for m in modules:
-        if m in ck["state"] or (m == "codec" and "base" in ck["state"]):
-            return state_from_weights(ck, m)
-    raise KeyError(f"{source} has none of {modules}; it has {sorted(ck['state'])}")
-
-
 class LiffStage:
     """LIFF pretraining as an arbitrary-scale upsampler (L1 loss on clean downscaled inputs)."""
 
@@ -177,7 +155,7 @@ class LiffStage:
     def __init__(self, recipe: dict, cfg: dict, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.liff = LIFF(LiffConfig.from_dict(recipe["liff"])).to(device)
+        self.liff = build_liff(recipe["liff"]).to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"liff": self.liff}
@@ -222,18 +200,16 @@ class JointStage:
         self.cfg = cfg
         self.device = device
         self.plans = plan_buckets(cfg, int(recipe.get("seed", 0)))
-        codec_cfg = CodecConfig(**recipe["codec"])
-        base = MeanScaleHyperprior(codec_cfg)
-        if cfg.get("base_from"):  # None: the caller loads every module (e.g. from a finished checkpoint)
-            base.load_state_dict(load_module_state(cfg["base_from"], "codec"))
-        base.requires_grad_(False)
-        residual = MeanScaleHyperprior(codec_cfg)
-        if cfg.get("residual_from"):
-            residual.load_state_dict(load_module_state(cfg["residual_from"], "residual", "codec"))
-        liff = LIFF(LiffConfig.from_dict(recipe["liff"]))
-        if cfg.get("liff_from"):
-            liff.load_state_dict(load_module_state(cfg["liff_from"], "liff"))
-        self.model = ScalableCodec(base, residual, liff).to(device)
+        self.model = build(recipe)
+        # each module from its `*_from` (None: the caller loads every module, e.g. from a finished checkpoint); the
+        # residual codec may start from a single-layer codec, its "base"
+        for key, module, names in (("base_from", self.model.base, ("base",)),
+                                   ("residual_from", self.model.residual, ("residual", "base")),
+                                   ("liff_from", self.model.liff, ("liff",))):
+            if cfg.get(key):
+                module.load_state_dict(module_state(cfg[key], *names))
+        self.model.base.requires_grad_(False)
+        self.model.to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"base": self.model.base, "residual": self.model.residual, "liff": self.model.liff}
@@ -242,7 +218,7 @@ class JointStage:
         """With `track_base`, reload the frozen base from `base_from` on every restart, so the enhancement
         layers keep adapting while the base codec is still being trained elsewhere."""
         if self.cfg.get("track_base"):
-            self.model.base.load_state_dict(load_module_state(self.cfg["base_from"], "codec"))
+            self.model.base.load_state_dict(module_state(self.cfg["base_from"], "base"))
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters()
@@ -258,13 +234,12 @@ class JointStage:
     def crd_loss(self, layers: list[torch.Tensor], q: torch.Tensor):
         """Combined RD loss: sum over ELs of R^k + lambda * 255^2 * MSE^k (one lambda(q) for all layers)."""
         out = self.model(layers, q)
-        lam = q_to_lambda(q, self.model.residual.config.lambda_range) * 255**2
         loss = 0
         for k in range(1, len(layers)):
             pixels = layers[k].shape[-2] * layers[k].shape[-1]
             bpp = bits(out["likelihoods"][k]) / pixels
             mse = (out["x_hat"][k] - layers[k]).pow(2).flatten(1).mean(1)
-            loss = loss + (bpp + lam * mse).mean()
+            loss = loss + rd_cost(bpp, mse, q, self.model.residual.config.lambda_range).mean()
         top_mse = (out["x_hat"][-1].clamp(0, 1) - layers[-1]).pow(2).flatten(1).mean(1)
         return loss, out, top_mse
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from ..models import load_checkpoint
 from ..paths import REPO_ROOT
-from ..weights import half_state, safe_load, sha256_file
+from ..weights import half_state, sha256_file
 from .config import load_recipe
 from .data import list_images, split, validation_crops
 from .loop import LOG_FIELDS, NonFiniteLoss, log_row, plot_log, resolve_data, save_atomic, train
@@ -115,7 +116,7 @@ def run(recipe_name: str, stage: str, minutes: float, data: str, out: Path, *, p
             print(failure, flush=True)
             if not (run_dir / "checkpoint.pt").exists():
                 raise
-            ck = safe_load(run_dir / "checkpoint.pt")
+            ck = load_checkpoint(run_dir / "checkpoint.pt")
     small = slim(ck)
     save_atomic(small, out / f"{stage}.pt")
     for name in ("log.csv", "curves.png"):
@@ -179,7 +180,7 @@ def import_window(out: Path, *, checkpoints: Path = CHECKPOINTS, data: str | Non
     """Make the window in `out` the committed checkpoint its recipe's next window continues. Returns its record."""
     summary = json.loads((out / "window.json").read_text())
     stage = summary["stage"]
-    ck = safe_load(out / f"{stage}.pt")
+    ck = load_checkpoint(out / f"{stage}.pt")
     folder = checkpoints / ck["recipe"]["name"]
     folder.mkdir(parents=True, exist_ok=True)
     windows_path = folder / "windows.json"

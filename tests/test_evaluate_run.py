@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import synthetic_image, tiny_scalable_weights
+from conftest import REPO, synthetic_image, tiny_scalable_weights
 from PIL import Image
 
 from compass import bitstream
@@ -14,10 +14,10 @@ from compass.evaluate import run
 from compass.evaluate.report import load_results
 from compass.evaluate.baselines import hevc444
 from compass.evaluate.report import Footnotes, bd_table
-from compass.pixels import to_tensor
-from compass.paths import data_dir
-from compass.resample import plan_from_scales
 from compass.models import load
+from compass.paths import data_dir
+from compass.pixels import to_tensor
+from compass.resample import plan_from_scales
 
 
 @pytest.fixture(scope="module")
@@ -191,19 +191,58 @@ def test_shards_split_the_jobs_and_a_plain_run_assembles_them(quick, crops, tiny
 
 def test_training_history_follows_checkpoints_and_shipped_sources():
     """The report counts the steps of the runs a stage continued: a checkpoint (init_from with a stage record)
-    and shipped weights (init_from / shipped_sources with a training record holding a stage of that name)."""
-    from compass.evaluate.report import stage_history
+    and shipped weights (init_from / shipped_sources with a training record holding a stage of that name), read
+    from older nested records through `provenance.flatten`."""
+    from compass.provenance import flatten, history
+
+    def steps(stage: dict) -> list[int]:
+        flat = flatten({"recipe": "r", "stages": [stage]})
+        return history(flat, flat["model_stages"][-1])
 
     cpu_base = {"stage": "base", "steps": 40000, "init_from": None}
     call1 = {"stage": "base", "steps": 4915,
              "init_from": {"source": "compass-cpu-single", "training": {"stages": [cpu_base]}}}
     call2 = {"stage": "base", "steps": 4565, "init_from": {"source": "runs/x/checkpoint.pt", "stage": call1}}
-    assert stage_history(call2) == [40000, 4915, 4565]
+    assert steps(call2) == [40000, 4915, 4565]
     joint = {"stage": "joint", "steps": 443, "init_from": None,
              "shipped_sources": {"base_from": {"training": {"stages": [cpu_base]}},
                                  "residual_from": {"training": {"stages": [cpu_base, {"stage": "joint", "steps": 7000}]}}}}
-    assert stage_history(joint) == [7000, 443]
-    assert stage_history({"stage": "liff", "steps": 5}) == [5]
+    assert steps(joint) == [7000, 443]
+    assert steps({"stage": "liff", "steps": 5}) == [5]
+
+
+@pytest.mark.parametrize("folder", ["kodak-compass-cpu-mini", "kodak"])
+def test_report_is_the_same_from_nested_and_flat_training_records(folder):
+    """The committed report regenerates byte for byte from its results.json, whose model records are nested (as
+    evaluations before flat provenance wrote them), and from the same records laid out flat."""
+    from compass.evaluate.report import report_markdown
+    from compass.provenance import flatten
+
+    path = REPO / "results" / folder
+    results = load_results(path)
+    want = (path / "report.md").read_text()
+    assert report_markdown(results, visual=True) == want
+    for m in results["setup"]["models"].values():
+        m["info"] = flatten(m["info"])
+        ids = [s["id"] for s in m["info"]["stages"]]
+        assert flatten(m["info"]) is m["info"] and len(set(ids)) == len(ids)
+    assert report_markdown(results, visual=True) == want
+
+
+def test_shipped_manifest_holds_flat_training_records():
+    """Each shipped model's training is a flat list of stages, each once, each parent named by an id in the list;
+    the steps of compass-cpu-mini's joint stage follow its chain of runs back to compass-cpu's."""
+    from compass.provenance import history
+    from compass.weights import manifest
+
+    for entry in manifest()["models"].values():
+        training = entry["training"]
+        ids = [s["id"] for s in training["stages"]]
+        assert len(set(ids)) == len(ids) and set(training["model_stages"]) <= set(ids)
+        for i, stage in enumerate(training["stages"]):
+            assert all(p["stage"] in ids[:i] for p in stage["from"].values() if p["stage"] is not None)
+    mini = manifest()["models"]["compass-cpu-mini"]["training"]
+    assert history(mini, mini["model_stages"][-1]) == [7000, 3000, 551, 3000, 2226, 8130, 3000]
 
 
 def test_known_bd_and_reasons(quick):

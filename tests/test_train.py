@@ -192,6 +192,7 @@ def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
     assert [s["stage"] for s in entry["training"]["stages"]] == ["base", "liff", "joint"]
     assert entry["sha256"] == weights.sha256_file(tmp_path / "out" / "compass-tiny.pt")
     codec = Compass(tmp_path / "out" / "compass-tiny.pt")
+    assert codec.info == entry["training"] and len(entry["training"]["model_stages"]) == 3  # flat, as exported
     px = np.zeros((20, 30, 3), np.uint8)
     assert codec.decode(codec.encode(px, layers=[0.5, 1])).shape == px.shape
 

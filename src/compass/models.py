@@ -17,6 +17,7 @@ from torch import nn
 
 from .codec import CodecConfig, MeanScaleHyperprior
 from .liff import LIFF, LiffConfig
+from .provenance import flatten
 from .scalable import ScalableCodec
 from .weights import WeightsError, codec_config, export, liff_config, load_weights, safe_load
 
@@ -71,7 +72,7 @@ def save(model: ScalableCodec, name: str, path: str | Path) -> str:
 @dataclass
 class Loaded:
     """A model loaded from weights: the model (eval mode), its name, its id (sha256 hex, which files name) and its
-    info (training record)."""
+    info (training record, flat: `compass.provenance`)."""
 
     model: ScalableCodec
     name: str
@@ -97,7 +98,7 @@ def load(model: str | Path, predictor: str = "liff") -> Loaded:
         m.liff = None
     for name, module in modules_of(m).items():
         _load_state(module, weights_state(obj, name), f"weights file {obj['source']}", name)
-    return Loaded(m.eval(), obj["name"], digest, obj.get("info", {}))
+    return Loaded(m.eval(), obj["name"], digest, flatten(obj.get("info", {})))
 
 
 def weights_state(obj: dict, name: str) -> dict:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from ..fileutil import atomic_write_bytes
+from ..provenance import flatten, history
 from .plots import rd_plot, visual_plot
 
 # The paper's BD-rates of COMPASS on Kodak (ICCV 2023, Table 1; ../shared/docs/method.md), columns as in CONFIGS.
@@ -101,31 +102,19 @@ def bd_table(results: dict, value: str = "bd_rate", paper: bool = True, notes: F
     return "\n".join(lines)
 
 
-def stage_history(stage: dict) -> list[int]:
-    """Steps of a stage record and of the runs it continued, oldest first: a checkpoint it started from
-    (`init_from` with a stage record), or shipped weights it started from (`init_from`, `shipped_sources`) whose
-    training has a stage of the same name."""
-    init = stage.get("init_from") or {}
-    if isinstance(init.get("stage"), dict):
-        return stage_history(init["stage"]) + [stage["steps"]]
-    for rec in [init.get("training"), *(v.get("training") for v in (stage.get("shipped_sources") or {}).values())]:
-        same = [s for s in (rec or {}).get("stages", []) if s.get("stage") == stage.get("stage")]
-        if same:
-            return stage_history(same[-1]) + [stage["steps"]]
-    return [stage["steps"]]
-
-
-def _trained(stage: dict) -> str:
-    steps = stage_history(stage)
+def _trained(training: dict, stage_id: str) -> str:
+    """A stage of a model's (flat) training record in words: its name and steps, with the runs it continued."""
+    steps = history(training, stage_id)
     runs = f" ({' + '.join(f'{n:,}' for n in steps)})" if len(steps) > 1 else ""
-    return f"{stage.get('stage')} {sum(steps):,} steps{runs}"
+    stage = next(s for s in training["stages"] if s["id"] == stage_id)
+    return f"{stage['stage']} {sum(steps):,} steps{runs}"
 
 
 def _models(setup: dict) -> str:
     out = []
     for role, m in setup["models"].items():
-        stages = m.get("info", {}).get("stages", [])
-        trained = ", ".join(_trained(s) for s in stages if isinstance(s, dict))
+        training = flatten(m.get("info", {}))  # results of older runs hold nested records
+        trained = ", ".join(_trained(training, i) for i in (training or {}).get("model_stages", []))
         codec = m["config"]["codec"]
         out.append(f"- {role}: `{m['name']}` (from `{m['source']}`, sha256 {m['sha256'][:16]}…), codecs "
                    f"N={codec['N']}, M={codec['M']}" + ("" if "liff" not in m["config"] else ", LIFF "

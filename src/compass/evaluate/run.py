@@ -48,6 +48,7 @@ from .. import DEFAULT_MODEL, DEFAULT_SINGLE
 from . import QUICK_IMAGES
 from ..api import Compass
 from ..paths import data_dir, portable
+from ..provenance import flatten
 from ..resample import plan_from_scales
 from ..weights import WeightsError, load_weights
 from .baselines import BASELINES, HEVC_ENC_PARAMS
@@ -175,7 +176,7 @@ class _Context:
 def _describe(obj: dict, source, digest: str) -> dict:
     shown = portable(source) if Path(source).is_file() else str(source)  # a weights file, or a registered name
     return {"name": obj["name"], "source": shown, "sha256": digest, "config": obj["config"],
-            "info": obj.get("info", {})}
+            "info": flatten(obj.get("info", {}))}
 
 
 def _load(model, role: str) -> tuple[dict, str]:

@@ -4,7 +4,8 @@
     python -m compass.train.export --joint runs/cpu-lite/joint/checkpoint.pt   # base_from: shipped weights
 
 writes `compass-<recipe>-single.pt` (the single-layer codec) and `compass-<recipe>.pt` (the scalable model),
-with sha256, config, training steps, time and the last validation numbers in `pretrained/manifest.json`.
+with sha256, config, and the training record (`compass.provenance`: every stage with its steps, time and last
+validation numbers, each naming its parents) in `pretrained/manifest.json`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..fileutil import atomic_write_bytes
 from ..models import build, load_checkpoint, modules_of
+from ..provenance import flatten
 from ..weights import PRETRAINED_DIR, export, manifest
 
 
@@ -45,8 +47,9 @@ def _source_record(source: str, ck: dict | None = None, key: str = "init_from") 
 
 
 def _stage_info(ck: dict, path: Path) -> dict:
-    """A stage's record; modules started from shipped weights (`--init`, or a joint stage's `base_from` /
-    `residual_from`) carry those weights' training record along."""
+    """A stage's record, its parents' records inside it (`provenance.flatten` lays them out flat, each once);
+    modules started from shipped weights (`--init`, or a joint stage's `base_from` / `residual_from`) carry those
+    weights' training record along."""
     source, cfg = ck.get("init_from"), ck["stage_config"]
     info = {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
             "init_from": _source_record(source, ck) if source else None, "config": cfg,
@@ -100,7 +103,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         single = single_name or f"compass-{ck['recipe']['name']}-single"
         path = out_dir / f"{single}.pt"
         configs = {"codec": recipe["codec"]}
-        training = {"recipe": ck["recipe"]["name"], "data": data, "stages": [base_info]}
+        training = flatten({"recipe": ck["recipe"]["name"], "data": data, "stages": [base_info]})
         sha = export(_model(configs, ck["modules"]), configs, single, path, training)
         _record(single, path, sha, "single-layer", configs, training)
         names.append(single)
@@ -113,7 +116,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         if liff_ck.is_file():
             stages.append(_stage_info(load_checkpoint(liff_ck), liff_ck))
         stages.append(joint_info)
-        training = {"recipe": recipe["name"], "data": data, "stages": stages}
+        training = flatten({"recipe": recipe["name"], "data": data, "stages": stages})
         modules = _model(configs, jk["modules"])
         # a base loaded from shipped weights and frozen is stored bit for bit as shipped; from a shipped
         # single-layer model, as a reference to it

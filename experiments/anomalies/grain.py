@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stages  # noqa: E402
 
 from compass.api import Compass  # noqa: E402
-from compass.imageio import to_tensor  # noqa: E402
+from compass.pixels import to_tensor  # noqa: E402
 from compass.paths import REPO_ROOT  # noqa: E402
 from compass.resample import pyramid  # noqa: E402
 

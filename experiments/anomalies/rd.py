@@ -27,7 +27,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stages  # noqa: E402
 
-from compass.codec import _as_q  # noqa: E402
 from compass.paths import data_dir  # noqa: E402
 from compass.resample import pyramid, upsample_bicubic_pil  # noqa: E402
 from compass.train.config import load_recipe  # noqa: E402
@@ -47,11 +46,10 @@ def heldout() -> list[Path]:
 def zero_symbol_offset(codec, size, q, spread: bool = False) -> torch.Tensor:
     """What a residual codec adds when every symbol is zero (z at its medians, y at its predicted means):
     (1, 3, 1, 1), the per-channel mean over the interior (`spread`: its spatial standard deviation instead)."""
-    _, inv, _, hinv = codec.gains(_as_q(q, 1, "cpu"))
     img, hyp = codec.latent_sizes(*size)
-    z_hat = codec.entropy_bottleneck._medians.view(1, -1, 1, 1).expand(1, -1, *hyp[-1]).contiguous()
-    _, means = codec._hyper_synthesis(z_hat, hinv, hyp)
-    out = codec._synthesis(means * inv, img)
+    zeros = {"y": torch.zeros(1, codec.config.M, *img[-1]), "z": torch.zeros(1, codec.config.N, *hyp[-1])}
+    y_hat = codec.rate(zeros, q, size, torch.zeros_like)["y_hat"]  # every symbol 0: z at its medians, y at its means
+    out = codec.synthesise(y_hat, q, size)
     return out[..., 8:-8, 8:-8].mean((2, 3), keepdim=True) if not spread else out[..., 8:-8, 8:-8].std((2, 3))
 
 

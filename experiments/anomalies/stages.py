@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from compass.resample import pyramid, upsample_bicubic_pil
-from compass.weights import build_scalable, load_weights
+from compass.models import load
 
 _MODELS: dict = {}
 
 
 def model(name: str):
     if name not in _MODELS:
-        _MODELS[name] = build_scalable(load_weights(name)[0]).eval()
+        _MODELS[name] = load(name).model
     return _MODELS[name]
 
 
@@ -54,15 +54,9 @@ def nbytes(code) -> int:
 
 def zero_share(codec, residual: torch.Tensor, q: float) -> float:
     """Share of y symbols round(y - means) that are 0 when `codec` codes `residual` at q."""
-    from compass.codec import _as_q
-    gain, _, hgain, hinv = codec.gains(_as_q(q, 1, residual.device))
-    _, hyp = codec.latent_sizes(*residual.shape[-2:])
-    with torch.no_grad():
-        y = codec.g_a(residual) * gain
-        z = codec.h_a(y) * hgain
-        z_hat = codec.entropy_bottleneck.decompress(codec.entropy_bottleneck.compress(z), hyp[-1])
-        _, means = codec._hyper_synthesis(z_hat, hinv, hyp)
-    return float((torch.round(y - means) == 0).float().mean())
+    latents = codec.analyse(residual, q)
+    means = codec.code(latents, q, tuple(residual.shape[-2:]))["means_hat"]
+    return float((torch.round(latents["y"] - means) == 0).float().mean())
 
 
 @torch.no_grad()

@@ -128,6 +128,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ck
 
 
+def from_checkpoint(ck: dict, single: bool = False) -> ScalableCodec:
+    """The model a training checkpoint (`load_checkpoint`) holds, in eval mode: its recipe's single-layer codec
+    (`single`, a base stage's) or its scalable model (a joint stage's)."""
+    recipe = ck["recipe"]
+    model = build({"codec": recipe["codec"]} if single else recipe)
+    for name, module in modules_of(model).items():
+        module.load_state_dict(ck["modules"][name])
+    return model.eval()
+
+
 def module_state(source: str | Path, *names: str) -> dict:
     """State dict of the first of modules `names` that `source` holds: a training checkpoint, or weights (a
     registered name or a weights file). What `train --init` and a joint stage's `*_from` read."""

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..fileutil import atomic_write_bytes
-from ..models import build, load_checkpoint, modules_of
+from ..models import from_checkpoint, load_checkpoint, modules_of
 from ..provenance import flatten
 from ..weights import PRETRAINED_DIR, export, manifest
 
@@ -62,14 +62,6 @@ def _stage_info(ck: dict, path: Path) -> dict:
     return info
 
 
-def _model(configs: dict, modules: dict) -> dict:
-    """The modules of the model of `configs`, loaded from checkpoint state dicts `modules` (by name)."""
-    built = modules_of(build(configs))
-    for name, m in built.items():
-        m.load_state_dict(modules[name])
-    return built
-
-
 def _record(name: str, path: Path, sha: str, kind: str, configs: dict, training: dict) -> None:
     """Add or replace `name` in the manifest.json beside the weights file."""
     target = path.parent / "manifest.json"
@@ -104,7 +96,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         path = out_dir / f"{single}.pt"
         configs = {"codec": recipe["codec"]}
         training = flatten({"recipe": ck["recipe"]["name"], "data": data, "stages": [base_info]})
-        sha = export(_model(configs, ck["modules"]), configs, single, path, training)
+        sha = export(modules_of(from_checkpoint(ck, single=True)), configs, single, path, training)
         _record(single, path, sha, "single-layer", configs, training)
         names.append(single)
     if jk is not None:
@@ -117,7 +109,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
             stages.append(_stage_info(load_checkpoint(liff_ck), liff_ck))
         stages.append(joint_info)
         training = flatten({"recipe": recipe["name"], "data": data, "stages": stages})
-        modules = _model(configs, jk["modules"])
+        modules = modules_of(from_checkpoint(jk))
         # a base loaded from shipped weights and frozen is stored bit for bit as shipped; from a shipped
         # single-layer model, as a reference to it
         shipped = manifest()["models"].get(jk["stage_config"].get("base_from"))

@@ -91,7 +91,7 @@ class _FakeCodec:
     def __init__(self, body):
         self.body = body
 
-    def layers(self, data):
+    def decode_iter(self, data):
         yield from self.body()
 
 

@@ -83,7 +83,7 @@ def test_damaged_layer_names_it_and_lower_layers_decode(tiny_codec, photo_pixels
     assert tiny_codec.decode(bytes(data), 0).shape[:2] == (meta["layers"][0]["height"], meta["layers"][0]["width"])
     layers = []
     with pytest.raises(bitstream.ChunkError):
-        for img in tiny_codec.layers(bytes(data)):
+        for img in tiny_codec.decode_iter(bytes(data)):
             layers.append(img)
     assert len(layers) == 1
 

@@ -133,7 +133,7 @@ def test_pack_crops_leaves_the_validation_photos_out(tmp_path, data_dir):
 def test_checkpoints_keep_the_records_of_the_shipped_weights_they_start_from():
     """A stage keeps the training records of its shipped sources as they were when it started, and export
     uses those: exporting again after the sources were replaced (by this run's own export) changes nothing."""
-    from compass.train.export import _source_record
+    from compass.train.export import source_record
     from compass.train.loop import shipped_sources
     from compass.weights import manifest
 
@@ -142,8 +142,8 @@ def test_checkpoints_keep_the_records_of_the_shipped_weights_they_start_from():
     assert set(kept) == {"init_from", "residual_from"}
     assert kept["residual_from"] == {"source": "compass-cpu", "training": models["compass-cpu"]["training"]}
     ck = {"sources": {"init_from": {"source": "compass-cpu-single", "training": {"recipe": "older"}}}}
-    assert _source_record("compass-cpu-single", ck)["training"] == {"recipe": "older"}
-    assert _source_record("compass-cpu-single", {})["training"] == models["compass-cpu-single"]["training"]
+    assert source_record("compass-cpu-single", ck)["training"] == {"recipe": "older"}
+    assert source_record("compass-cpu-single", {})["training"] == models["compass-cpu-single"]["training"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -397,15 +397,15 @@ def test_recipe_extends_merges_tables(tmp_path):
 
 def test_stage_record_carries_the_training_of_shipped_sources(tmp_path):
     """A joint stage warm-started from shipped weights names them in its record, with their own training."""
-    from compass.train.export import _stage_info
+    from compass.train.export import stage_info
     from compass.weights import manifest
 
     ck = {"stage": "joint", "step": 5, "elapsed_s": 36.0, "init_from": None,
           "stage_config": {"base_from": "compass-cpu-single", "residual_from": "compass-cpu",
                            "liff_from": str(tmp_path / "liff.pt")}}
-    info = _stage_info(ck, tmp_path / "checkpoint.pt")
+    info = stage_info(ck, tmp_path / "checkpoint.pt")
     shipped = manifest()["models"]
     assert info["shipped_sources"] == {k: {"source": v, "training": shipped[v]["training"]}
                                        for k, v in (("base_from", "compass-cpu-single"), ("residual_from", "compass-cpu"))}
     ck["stage_config"] = {"base_from": str(tmp_path / "base.pt")}  # a checkpoint path: nothing to carry
-    assert "shipped_sources" not in _stage_info(ck, tmp_path / "checkpoint.pt")
+    assert "shipped_sources" not in stage_info(ck, tmp_path / "checkpoint.pt")

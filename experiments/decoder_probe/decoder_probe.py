@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from compass import DEFAULT_SINGLE
-from compass.layers import GDN, Synthesis, deconv
+from compass.blocks import GDN, Synthesis, deconv
 from compass.models import build_codec, load
 from compass.paths import data_dir
 from compass.quality import q_to_lambda

@@ -207,7 +207,7 @@ class Compass:
                                 f"but {self.name!r} (id {self.model_id.hex()}) is loaded")
         return model_for(header, self.max_pixels)
 
-    def layers(self, data, upto: int = -1,
+    def decode_iter(self, data, upto: int = -1,
                progress: Callable[[int, bitstream.LayerInfo], object] | None = None) -> Iterator[np.ndarray]:
         """Decode layers 0..upto in order, yielding each as uint8 HxWx3; reads no chunk above `upto`.
 
@@ -217,7 +217,7 @@ class Compass:
         header, offset = bitstream.read_header(data, self.max_pixels)
         codec = self.codec_for(header)
         if codec is not self:
-            yield from codec.layers(data, upto, progress)
+            yield from codec.decode_iter(data, upto, progress)
             return
         k = _layer_index(upto, len(header.layers))
         sizes = [(l.height, l.width) for l in header.layers]
@@ -251,14 +251,14 @@ class Compass:
             raise damage
 
     def decode(self, data, layer: int = -1, progress=None) -> np.ndarray:
-        """Decode one layer (default: the top one) as uint8 HxWx3; `progress` as for `layers`."""
+        """Decode one layer (default: the top one) as uint8 HxWx3; `progress` as for `decode_iter`."""
         out = None
-        for out in self.layers(data, layer, progress):
+        for out in self.decode_iter(data, layer, progress):
             pass
         return out
 
     def decode_all(self, data) -> list[np.ndarray]:
-        return list(self.layers(data, -1))
+        return list(self.decode_iter(data, -1))
 
 
 @contextlib.contextmanager

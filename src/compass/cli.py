@@ -85,7 +85,7 @@ def _decode(args) -> int:
         if same_file(args.input, path):
             raise CompassError(f"output {path} is the input file; choose another path")
     saved = None if args.quiet else lambda k, img, path: print(f"layer {k}: {img.shape[1]}x{img.shape[0]} -> {path}")
-    save_layers(codec.layers(data, -1, progress), paths, saved)
+    save_layers(codec.decode_iter(data, -1, progress), paths, saved)
     return 0
 
 

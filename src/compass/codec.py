@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .entropy import CodingError, EntropyBottleneck, GaussianConditional
-from .layers import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
+from .blocks import GDN, STRIPE, Analysis, Synthesis, conv, deconv, one_thread, size_chain
 from .limits import check_quality
 from .quality import LAMBDA_MAX, LAMBDA_MIN, interpolate_log_gains
 
@@ -184,7 +184,7 @@ class MeanScaleHyperprior(nn.Module):
 
     def check(self, coded: dict) -> int:
         """The symbol check (`symbol_check`) of what `code` or `decompress` saw."""
-        return symbol_check(coded["y_hat"], coded["means_hat"], coded["z_hat"], self.entropy_bottleneck._medians)
+        return symbol_check(coded["y_hat"], coded["means_hat"], coded["z_hat"], self.entropy_bottleneck.coded_medians)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, q: float, reconstruct: bool = True, latents: dict | None = None) -> dict:

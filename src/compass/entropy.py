@@ -242,6 +242,11 @@ class EntropyBottleneck(_TableModel):
     def medians(self) -> torch.Tensor:
         return self.quantiles[:, 0, 1].detach()
 
+    @property
+    def coded_medians(self) -> torch.Tensor:
+        """The medians the integer tables were built with (`update`): symbols are round(z - these)."""
+        return self._medians
+
     def loss(self) -> torch.Tensor:
         """Auxiliary loss that moves `quantiles` to the tails (tail_mass) and median of each density."""
         logits = self._logits_cumulative(self.quantiles, stop_gradient=True)

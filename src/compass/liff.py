@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import one_thread, row_stripes
+from .blocks import one_thread, row_stripes
 from .resample import upsample_bicubic, upsample_bicubic_pil
 
 SKIP_UPSAMPLERS = {"bicubic": upsample_bicubic, "bicubic-pil": upsample_bicubic_pil}
@@ -151,6 +151,7 @@ class LIFF(nn.Module):
         self.rdn = RDN(cfg)
         d = cfg.unfold**2 * cfg.feat
         widths = (d + 4, *cfg.hidden, 3 * d)
+        # the filter MLP; its name is in the state dict of every shipped weights file, so it stays "layers"
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         if cfg.skip:
             nn.init.zeros_(self.layers[-1].weight)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .codec import MeanScaleHyperprior
-from .layers import one_thread
+from .blocks import one_thread
 from .quality import rd_cost
 
 

@@ -49,15 +49,15 @@ class ScalableCodec(nn.Module):
             return upsample_bicubic(x_prev, size)
         return self.liff(x_prev, size, None if self.training else self.chunk)
 
-    def forward(self, layers: list[torch.Tensor], q) -> dict:
+    def forward(self, pyramid: list[torch.Tensor], q) -> dict:
         """Training pass over I^0..I^K (each (B, 3, H^k, W^k)). The base layer is coded with rounding, no grad.
 
         Returns {"x_hat": [Î^0..Î^K], "pred": [None, Ǐ^1..], "likelihoods": [None, {y, z} per EL]}.
         """
         with torch.no_grad():
-            x_prev = self.base(layers[0], q, noise=False)["x_hat"]
+            x_prev = self.base(pyramid[0], q, noise=False)["x_hat"]
         x_hats, preds, liks = [x_prev], [None], [None]
-        for target in layers[1:]:
+        for target in pyramid[1:]:
             pred = self.predict(x_prev, tuple(target.shape[-2:]))
             out = self.residual(target - pred, q)
             x_prev = pred + out["x_hat"]
@@ -67,7 +67,7 @@ class ScalableCodec(nn.Module):
         return {"x_hat": x_hats, "pred": preds, "likelihoods": liks}
 
     @torch.no_grad()
-    def compress(self, layers: list[torch.Tensor], qualities: list[float], reconstruct_top: bool = True,
+    def compress(self, pyramid: list[torch.Tensor], qualities: list[float], reconstruct_top: bool = True,
                  refine: RefineConfig | None = None) -> tuple[list[LayerCode], list[torch.Tensor | None]]:
         """Code I^0..I^K (each (1, 3, H, W)) with one quality per layer; returns codes and reconstructions.
 
@@ -76,11 +76,11 @@ class ScalableCodec(nn.Module):
         layer's own loss (the base for its image, each residual for its residual), in order, so that each
         prediction is made from the reconstruction the decoder will have.
         """
-        if len(layers) != len(qualities):
+        if len(pyramid) != len(qualities):
             raise ValueError("one quality per layer")
-        top = len(layers) - 1
+        top = len(pyramid) - 1
         codes, recons = [], []
-        for k, (target, q) in enumerate(zip(layers, qualities)):
+        for k, (target, q) in enumerate(zip(pyramid, qualities)):
             code, x = self.code_layer(target, q, recons[-1] if k else None, reconstruct_top or k < top, refine)
             codes.append(code)
             recons.append(x)

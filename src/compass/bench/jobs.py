@@ -43,7 +43,7 @@ def _job_compass_decode(spec: dict, pixels: np.ndarray) -> dict:
     def decode() -> list[float]:
         """Decode every layer; seconds from the start to each layer's pixels."""
         start, marks = time.perf_counter(), []
-        for img in codec.layers(data):
+        for img in codec.decode_iter(data):
             marks.append(time.perf_counter() - start)
         if img.shape != pixels.shape:
             raise CompassError(f"decoded {img.shape}, expected {pixels.shape}")

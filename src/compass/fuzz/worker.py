@@ -78,7 +78,7 @@ def decode_case(case: Case, codecs: list, refs: list) -> dict:
     def decode():
         nonlocal data
         data = _forge(codec, data) if case.forge else data
-        for img in codec.layers(data):
+        for img in codec.decode_iter(data):
             got.append(img)
 
     outcome, message, problems = _attempt(decode)

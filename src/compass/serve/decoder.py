@@ -74,7 +74,7 @@ def decode_png(path: str, version: tuple, upto: int, end: int) -> dict:
         codec = model_for(bitstream.read_header(data)[0])
         image, served, warning = None, -1, None
         try:
-            for served, image in enumerate(codec.layers(data, upto)):
+            for served, image in enumerate(codec.decode_iter(data, upto)):
                 pass
         except CompassError as e:
             if image is None:

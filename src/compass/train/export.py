@@ -33,7 +33,7 @@ def last_validation(run_dir: Path) -> list[dict]:
              "psnr": float(r["psnr"])} for r in rows if r["step"] == last]
 
 
-def _source_record(source: str, ck: dict | None = None, key: str = "init_from") -> dict:
+def source_record(source: str, ck: dict | None = None, key: str = "init_from") -> dict:
     """Where a module started: shipped weights with their training record (as the checkpoint kept it when its
     stage started; older checkpoints: as the manifest has it now), or a checkpoint with its stage's record (so a
     chain of runs is recorded back to its first)."""
@@ -42,20 +42,20 @@ def _source_record(source: str, ck: dict | None = None, key: str = "init_from") 
         return kept
     path = Path(source)
     if source not in manifest()["models"] and path.is_file():
-        return {"source": source, "stage": _stage_info(load_checkpoint(path), path)}
+        return {"source": source, "stage": stage_info(load_checkpoint(path), path)}
     return {"source": source, "training": manifest()["models"].get(source, {}).get("training")}
 
 
-def _stage_info(ck: dict, path: Path) -> dict:
+def stage_info(ck: dict, path: Path) -> dict:
     """A stage's record, its parents' records inside it (`provenance.flatten` lays them out flat, each once);
     modules started from shipped weights (`--init`, or a joint stage's `base_from` / `residual_from`) carry those
     weights' training record along."""
     source, cfg = ck.get("init_from"), ck["stage_config"]
     info = {"stage": ck["stage"], "steps": ck["step"], "hours": round(ck["elapsed_s"] / 3600, 2),
-            "init_from": _source_record(source, ck) if source else None, "config": cfg,
+            "init_from": source_record(source, ck) if source else None, "config": cfg,
             "validation": last_validation(path.parent)}
     shipped = manifest()["models"]
-    warm = {k: _source_record(cfg[k], ck, k) for k in ("base_from", "residual_from")
+    warm = {k: source_record(cfg[k], ck, k) for k in ("base_from", "residual_from")
             if cfg.get(k) in shipped or k in ck.get("sources", {})}
     if warm:
         info["shipped_sources"] = warm
@@ -89,8 +89,8 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
             "note": "training photos of ../shared/data/train minus a held-out validation split; never Kodak"}
     names = []
     # every record first: the single-layer export below may replace weights the joint stage's record names
-    base_info = _stage_info(ck, base) if ck is not None else None
-    joint_info = _stage_info(jk, joint) if jk is not None else None
+    base_info = stage_info(ck, base) if ck is not None else None
+    joint_info = stage_info(jk, joint) if jk is not None else None
     if ck is not None:
         single = single_name or f"compass-{ck['recipe']['name']}-single"
         path = out_dir / f"{single}.pt"
@@ -106,7 +106,7 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         stages = [base_info] if base_info is not None else []
         liff_ck = Path(jk["stage_config"].get("liff_from", ""))
         if liff_ck.is_file():
-            stages.append(_stage_info(load_checkpoint(liff_ck), liff_ck))
+            stages.append(stage_info(load_checkpoint(liff_ck), liff_ck))
         stages.append(joint_info)
         training = flatten({"recipe": recipe["name"], "data": data, "stages": stages})
         modules = modules_of(from_checkpoint(jk))

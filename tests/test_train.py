@@ -166,6 +166,34 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, mon
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
 
+def test_joint_stage_with_the_bicubic_predictor_trains_the_residual_codec_alone(tmp_path, data_dir):
+    """The paper's ablation: `predictor = "bicubic"` trains a residual codec behind bicubic upsampling; the
+    checkpoint holds no LIFF, the residual codec moves from where it started, the base stays frozen, and a
+    predictor other than liff/bicubic is refused."""
+    from compass.models import from_checkpoint, module_state, random_model, save
+    from compass.resample import pyramid
+
+    start = tmp_path / "start.pt"
+    save(random_model("tiny", seed=5, single=True), "start", start)
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"]["joint"].update(predictor="bicubic", base_from=str(start), residual_from=str(start))
+    ck = train(recipe, "joint", tmp_path / "j", data=str(data_dir), threads=1, progress=False)
+    assert set(ck["modules"]) == {"base", "residual"} and ck["step"] == 2
+    begin = module_state(start, "base")
+    assert all(torch.equal(v, ck["modules"]["base"][k]) for k, v in begin.items())
+    assert any(not torch.equal(v, ck["modules"]["residual"][k]) for k, v in begin.items() if "log_" in k or "g_s" in k)
+    model = from_checkpoint(ck)  # the checkpoint rebuilds as the bicubic-predictor model, and codes
+    assert model.liff is None
+    model.update()
+    x = synthetic_image(24, 20, seed=2)
+    codes, recons = model.compress(pyramid(x, [(12, 10), (24, 20)]), [0.5, 0.5])
+    decoded = [r for r, _ in model.decompress_iter(codes, [(12, 10), (24, 20)], [0.5, 0.5])]
+    assert torch.equal(decoded[-1], recons[-1])
+    recipe["stages"]["joint"]["predictor"] = "nearest"
+    with pytest.raises(ValueError, match="predictor"):
+        train(recipe, "joint", tmp_path / "k", data=str(data_dir), threads=1, progress=False)
+
+
 def test_liff_and_joint_stages_run_and_export(tmp_path, data_dir):
     train(RECIPE, "base", tmp_path / "base", data=str(data_dir), threads=1, progress=False)
     train(RECIPE, "liff", tmp_path / "liff", data=str(data_dir), threads=1, progress=False)

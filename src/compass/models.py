@@ -133,6 +133,8 @@ def from_checkpoint(ck: dict, single: bool = False) -> ScalableCodec:
     (`single`, a base stage's) or its scalable model (a joint stage's)."""
     recipe = ck["recipe"]
     model = build({"codec": recipe["codec"]} if single else recipe)
+    if not single and ck.get("stage_config", {}).get("predictor") == "bicubic":  # the ablation's joint stage
+        model.liff = None
     for name, module in modules_of(model).items():
         module.load_state_dict(ck["modules"][name])
     return model.eval()

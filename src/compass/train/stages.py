@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import build, build_codec, build_liff, module_state
+from ..models import build, build_codec, build_liff, module_state, modules_of
 from ..quality import rd_cost
 from ..resample import pyramid, resize, upsample_bicubic
 
@@ -201,18 +201,22 @@ class JointStage:
         self.device = device
         self.plans = plan_buckets(cfg, int(recipe.get("seed", 0)))
         self.model = build(recipe)
+        predictor = cfg.get("predictor", "liff")
+        if predictor not in ("liff", "bicubic"):
+            raise ValueError(f"joint stage predictor must be 'liff' or 'bicubic', not {predictor!r}")
+        if predictor == "bicubic":  # the paper's ablation: the residual codec trained behind bicubic upsampling
+            self.model.liff = None
         # each module from its `*_from` (None: the caller loads every module, e.g. from a finished checkpoint); the
         # residual codec may start from a single-layer codec, its "base"
-        for key, module, names in (("base_from", self.model.base, ("base",)),
-                                   ("residual_from", self.model.residual, ("residual", "base")),
-                                   ("liff_from", self.model.liff, ("liff",))):
-            if cfg.get(key):
+        for key, names in (("base_from", ("base",)), ("residual_from", ("residual", "base")), ("liff_from", ("liff",))):
+            module = modules_of(self.model).get(names[0])
+            if cfg.get(key) and module is not None:
                 module.load_state_dict(module_state(cfg[key], *names))
         self.model.base.requires_grad_(False)
         self.model.to(device)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"base": self.model.base, "residual": self.model.residual, "liff": self.model.liff}
+        return modules_of(self.model)
 
     def after_resume(self) -> None:
         """With `track_base`, reload the frozen base from `base_from` on every restart, so the enhancement

@@ -189,6 +189,11 @@ def test_joint_stage_with_the_bicubic_predictor_trains_the_residual_codec_alone(
     codes, recons = model.compress(pyramid(x, [(12, 10), (24, 20)]), [0.5, 0.5])
     decoded = [r for r, _ in model.decompress_iter(codes, [(12, 10), (24, 20)], [0.5, 0.5])]
     assert torch.equal(decoded[-1], recons[-1])
+    from compass.train.export import export_checkpoints
+
+    with pytest.raises(ValueError, match="bicubic predictor"):  # weights without LIFF would read as single-layer
+        export_checkpoints(None, tmp_path / "j" / "checkpoint.pt", tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*"))  # nothing written
     recipe["stages"]["joint"]["predictor"] = "nearest"
     with pytest.raises(ValueError, match="predictor"):
         train(recipe, "joint", tmp_path / "k", data=str(data_dir), threads=1, progress=False)

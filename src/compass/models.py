@@ -50,6 +50,16 @@ def build(configs: dict) -> ScalableCodec:
     return ScalableCodec(build_codec(configs["codec"]), build_codec(configs["codec"]), build_liff(configs["liff"]))
 
 
+def with_predictor(model: ScalableCodec, predictor: str) -> ScalableCodec:
+    """`model` predicting with `predictor`: "liff" (as built) or "bicubic", bicubic upsampling in place of LIFF
+    (the ablation: no LIFF module, in weights loaded for it and in a joint stage trained with it)."""
+    if predictor not in ("liff", "bicubic"):
+        raise ValueError(f"predictor must be 'liff' or 'bicubic', not {predictor!r}")
+    if predictor == "bicubic":
+        model.liff = None
+    return model
+
+
 def configs_of(model: ScalableCodec) -> dict:
     """The configs that rebuild `model` (`build(configs_of(m))`), as weights files store them."""
     configs = {"codec": model.base.config.to_dict()}
@@ -91,11 +101,9 @@ def load(model: str | Path, predictor: str = "liff") -> Loaded:
         if predictor != "liff":
             raise ValueError(f"weights {obj['name']!r} hold a single-layer codec: it has no predictor to swap")
         configs = {"codec": configs["codec"]}
-    elif predictor not in ("liff", "bicubic"):
-        raise ValueError(f"predictor must be 'liff' or 'bicubic', not {predictor!r}")
     m = build(configs)
-    if predictor == "bicubic":
-        m.liff = None
+    if "liff" in configs:
+        with_predictor(m, predictor)
     for name, module in modules_of(m).items():
         _load_state(module, weights_state(obj, name), f"weights file {obj['source']}", name)
     return Loaded(m.eval(), obj["name"], digest, flatten(obj.get("info", {})))
@@ -133,8 +141,8 @@ def from_checkpoint(ck: dict, single: bool = False) -> ScalableCodec:
     (`single`, a base stage's) or its scalable model (a joint stage's)."""
     recipe = ck["recipe"]
     model = build({"codec": recipe["codec"]} if single else recipe)
-    if not single and ck.get("stage_config", {}).get("predictor") == "bicubic":  # the ablation's joint stage
-        model.liff = None
+    if not single:
+        with_predictor(model, ck.get("stage_config", {}).get("predictor", "liff"))
     for name, module in modules_of(model).items():
         module.load_state_dict(ck["modules"][name])
     return model.eval()

@@ -110,6 +110,9 @@ def export_checkpoints(base: Path | None, joint: Path | None, out_dir: Path = PR
         stages.append(joint_info)
         training = flatten({"recipe": recipe["name"], "data": data, "stages": stages})
         modules = modules_of(from_checkpoint(jk))
+        if "liff" not in modules:  # a weights file without LIFF reads as a single-layer codec
+            raise ValueError(f"{joint} was trained with the bicubic predictor (the ablation): weights files hold "
+                             "LIFF models only")
         # a base loaded from shipped weights and frozen is stored bit for bit as shipped; from a shipped
         # single-layer model, as a reference to it
         shipped = manifest()["models"].get(jk["stage_config"].get("base_from"))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import build, build_codec, build_liff, module_state, modules_of
+from ..models import build, build_codec, build_liff, module_state, modules_of, with_predictor
 from ..quality import rd_cost
 from ..resample import pyramid, resize, upsample_bicubic
 
@@ -200,12 +200,8 @@ class JointStage:
         self.cfg = cfg
         self.device = device
         self.plans = plan_buckets(cfg, int(recipe.get("seed", 0)))
-        self.model = build(recipe)
-        predictor = cfg.get("predictor", "liff")
-        if predictor not in ("liff", "bicubic"):
-            raise ValueError(f"joint stage predictor must be 'liff' or 'bicubic', not {predictor!r}")
-        if predictor == "bicubic":  # the paper's ablation: the residual codec trained behind bicubic upsampling
-            self.model.liff = None
+        # predictor "bicubic": the paper's ablation, the residual codec trained behind bicubic upsampling
+        self.model = with_predictor(build(recipe), cfg.get("predictor", "liff"))
         # each module from its `*_from` (None: the caller loads every module, e.g. from a finished checkpoint); the
         # residual codec may start from a single-layer codec, its "base"
         for key, names in (("base_from", ("base",)), ("residual_from", ("residual", "base")), ("liff_from", ("liff",))):

@@ -18,10 +18,11 @@ from compass.errors import CompassError
 MODEL_ID = bytes.fromhex("0123456789abcdef")
 
 
-def make(n_layers: int, seed: int = 0, string_bytes: int = 40):
-    """A header with growing sizes and n_layers random chunks (2 strings each, one sometimes empty)."""
+def make(n_layers: int, seed: int = 0, string_bytes: int = 40, intra: bool = False):
+    """A header with growing sizes and n_layers random chunks (2 strings each, one sometimes empty); `intra`:
+    layers 1, 3, ... are intra (a version 2 header)."""
     rng = random.Random(seed)
-    layers = [bs.LayerInfo(16 * (k + 1), 24 * (k + 1), rng.random()) for k in range(n_layers)]
+    layers = [bs.LayerInfo(16 * (k + 1), 24 * (k + 1), rng.random(), intra and k % 2 == 1) for k in range(n_layers)]
     chunks = [bs.Chunk((rng.randbytes(rng.randrange(string_bytes)), rng.randbytes(rng.randrange(8))),
                        rng.getrandbits(32)) for _ in range(n_layers)]
     return bs.Header("compass-test", MODEL_ID, layers), chunks
@@ -33,10 +34,11 @@ def chunk_ends(data: bytes) -> list[int]:
 
 def raw_header(name=b"compass-test", layers=((16, 24, 0),), version=1, flags=0, model_id=MODEL_ID,
                count=None, crc=None) -> bytes:
-    """A header built by hand from the documented layout, with any field values and a correct CRC by default."""
+    """A header built by hand from the documented layout, with any field values and a correct CRC by default.
+    Version 2 layers are (height, width, quality code, mode)."""
     out = b"\x89CMP" + bytes([version, flags, len(name)]) + name + model_id
     out += bytes([len(layers) if count is None else count])
-    out += b"".join(struct.pack(">IIH", *layer) for layer in layers)
+    out += b"".join(struct.pack(">IIHB" if len(layer) == 4 else ">IIH", *layer) for layer in layers)
     return out + struct.pack(">I", zlib.crc32(out) if crc is None else crc)
 
 
@@ -72,13 +74,17 @@ def read_all_quietly(data: bytes):
 # --- round trips -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("intra", [False, True])
 @pytest.mark.parametrize("n_layers", [1, 2, 3, 5])
-def test_round_trip(n_layers):
-    header, chunks = make(n_layers, seed=n_layers)
+def test_round_trip(n_layers, intra):
+    header, chunks = make(n_layers, seed=n_layers, intra=intra)
     data = bs.write(header, chunks)
     got, offset = bs.read_header(data)
     assert got == header
-    assert offset == len(raw_header(b"compass-test", [(16, 24, 0)] * n_layers))
+    assert [l.intra for l in got.layers] == [k == 0 or (intra and k % 2 == 1) for k in range(n_layers)]
+    version = 2 if intra and n_layers > 1 else 1
+    assert data[4] == version == bs.info(data)["format_version"]
+    assert offset == len(raw_header(b"compass-test", [(16, 24, 0) + (0,) * (version - 1)] * n_layers))
     for k in range(n_layers):
         assert bs.read_chunks(data, got, offset, k) == chunks[:k + 1]
     assert bs.read(data) == (header, chunks)
@@ -93,17 +99,47 @@ def test_header_bytes_follow_documented_layout():
     assert data.endswith(good_chunk(b"ab", b"", check=0xDEADBEEF))
 
 
+def _example(intra: bool = False) -> bytes:
+    """The example file of docs/bitstream.md; `intra`: its layer 1 coded intra."""
+    header = bs.Header("compass-cpu", hashlib.sha256(b"example weights").digest()[:8],
+                       [bs.LayerInfo(256, 384, 0.5), bs.LayerInfo(512, 768, 0.75, intra)])
+    return bs.write(header, [bs.Chunk([b"\x11\x22\x33\x44", b"\x55\x66\x77\x88"], 0x0BADF00D),
+                             bs.Chunk([b"\xaa" * 8, b"\xbb" * 4], 0x12345678)])
+
+
 def test_golden_file():
     """The example in docs/bitstream.md: any change to these bytes breaks existing files."""
-    header = bs.Header("compass-cpu", hashlib.sha256(b"example weights").digest()[:8],
-                       [bs.LayerInfo(256, 384, 0.5), bs.LayerInfo(512, 768, 0.75)])
-    data = bs.write(header, [bs.Chunk([b"\x11\x22\x33\x44", b"\x55\x66\x77\x88"], 0x0BADF00D),
-                             bs.Chunk([b"\xaa" * 8, b"\xbb" * 4], 0x12345678)])
+    data = _example()
     assert data.hex() == (
         "89434d5001000b636f6d706173732d63707564b91ca7fe644b1402000001000000018080000000020000000300bfff76"
         "51189d0000001552a6e21c0badf00d02000000041122334400000004556677880000001938"
         "08fbf5123456780200000008aaaaaaaaaaaaaaaa00000004bbbbbbbb")
     assert len(bs.extract(data, 0)) == 70 and bs.extract(data, 0)[41:] == data[51:80]
+
+
+def test_golden_file_with_an_intra_layer():
+    """Version 2, written only when a layer above the base is intra (docs/bitstream.md): one mode byte per layer."""
+    data = _example(intra=True)
+    assert data.hex() == (
+        "89434d5002000b636f6d706173732d63707564b91ca7fe644b140200000100000001808000010000020000000300bfff01"
+        "08abd4780000001552a6e21c0badf00d02000000041122334400000004556677880000001938"
+        "08fbf5123456780200000008aaaaaaaaaaaaaaaa00000004bbbbbbbb")
+    assert [l["mode"] for l in bs.info(data)["layers"]] == ["base", "intra"]
+    assert bs.extract(data, 0) == bs.extract(_example(), 0)  # layer 0 alone needs no version 2
+
+
+def test_layer_modes():
+    """Layer 0 is intra whatever the writer says; a version 2 mode byte is 0 (predicted) or 1 (intra), and 1 for
+    layer 0; a version 1 header holds no modes (every layer above the base predicted)."""
+    assert bs.Header("m", MODEL_ID, [bs.LayerInfo(8, 8, 0)]).layers[0].intra
+    assert bs.read_header(raw_header(layers=[(16, 24, 0), (32, 48, 0)]))[0].layers[1].intra is False
+    v2 = [(16, 24, 0, 1), (32, 48, 0, 1), (64, 96, 0, 0)]
+    assert [l.mode for l in bs.read_header(raw_header(layers=v2, version=2))[0].layers] == [
+        "intra", "intra", "predicted"]
+    with pytest.raises(bs.HeaderError, match="^layer 2: mode 2 is not valid"):
+        bs.read_header(raw_header(layers=v2[:2] + [(64, 96, 0, 2)], version=2))
+    with pytest.raises(bs.HeaderError, match="^layer 0: mode 0 is not valid"):
+        bs.read_header(raw_header(layers=[(16, 24, 0, 0)], version=2))
 
 
 def test_quality_is_quantized_once_and_exactly():
@@ -137,9 +173,10 @@ def test_prefix_reads_lower_layers_like_the_full_file():
             assert status["chunk_bytes"] is None and not status["decodable"]
 
 
+@pytest.mark.parametrize("intra", [False, True])
 @pytest.mark.parametrize("n_layers", [1, 3])
-def test_extract_is_a_valid_file_with_identical_chunks(n_layers):
-    header, chunks = make(n_layers, seed=7)
+def test_extract_is_a_valid_file_with_identical_chunks(n_layers, intra):
+    header, chunks = make(n_layers, seed=7, intra=intra)
     data = bs.write(header, chunks)
     _, offset = bs.read_header(data)
     ends = chunk_ends(data)
@@ -200,8 +237,8 @@ def test_header_errors():
     for short in (b"", b"\x89C", raw_header()[:-1]):
         with pytest.raises(bs.HeaderError, match="truncated header"):
             bs.read_header(short)
-    with pytest.raises(bs.UnsupportedVersion, match="version 2 is not supported"):
-        bs.read_header(raw_header(version=2))
+    with pytest.raises(bs.UnsupportedVersion, match="version 3 is not supported"):
+        bs.read_header(raw_header(version=3))
     with pytest.raises(bs.UnsupportedVersion, match="flags 0x04"):
         bs.read_header(raw_header(flags=4))
     with pytest.raises(bs.HeaderError, match="CRC mismatch"):
@@ -343,8 +380,9 @@ class CountingFile(io.BytesIO):
         return out
 
 
-def test_layout_locates_every_layer_from_the_header_and_framing_only():
-    header, chunks = make(4, seed=2, string_bytes=300)
+@pytest.mark.parametrize("intra", [False, True])
+def test_layout_locates_every_layer_from_the_header_and_framing_only(intra):
+    header, chunks = make(4, seed=2, string_bytes=300, intra=intra)
     data = bs.write(header, chunks)
     f = CountingFile(data)
     got = bs.layout(f)
@@ -385,8 +423,9 @@ def test_every_truncation_raises_only_bitstream_errors():
             assert got == (chunks[:k + 1] if cut >= ends[k] else None)
 
 
-def test_random_bit_flips_never_escape_or_hurt_lower_layers():
-    header, chunks = make(3, seed=6, string_bytes=12)
+@pytest.mark.parametrize("intra", [False, True])
+def test_random_bit_flips_never_escape_or_hurt_lower_layers(intra):
+    header, chunks = make(3, seed=6, string_bytes=12, intra=intra)
     data = bs.write(header, chunks)
     header_bytes = bs.read_header(data)[1]
     ends = chunk_ends(data)

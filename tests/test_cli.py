@@ -71,6 +71,19 @@ def test_encode_info_decode_extract(png, tmp_path, tiny_weights, capsys, tiny_co
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sub.png")), tiny_codec.decode(data, 1))
 
 
+@pytest.mark.parametrize("mode", ["predicted", "intra"])
+def test_layer_mode_is_written_and_shown_by_info(mode, png, tmp_path, tiny_weights, capsys, tiny_codec):
+    out = tmp_path / "x.cmp"
+    assert run("encode", png, out, "--layer-mode", mode, "--weights", tiny_weights) == 0
+    printed = [line.split()[4] for line in capsys.readouterr().out.splitlines() if line.startswith("  layer ")]
+    assert printed == ["base", mode, mode]
+    assert run("info", out, "--json") == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert [l["mode"] for l in meta["layers"]] == printed and meta["format_version"] == (2 if mode == "intra" else 1)
+    assert out.read_bytes() == tiny_codec.encode(png, layer_mode=mode)
+    assert exit_code("encode", png, out, "--layer-mode", "never", "--weights", tiny_weights) == 2
+
+
 def test_sizes_and_unequal_scales(png, tmp_path, tiny_weights):
     out = tmp_path / "x.cmp"
     assert run("encode", png, out, "--sizes", "20x9,67x45", "--weights", tiny_weights, "--quiet") == 0

@@ -159,12 +159,13 @@ def test_cache_skips_work_and_tracks_weights(quick, crops, tiny_weights, tiny_si
     assert again["stats"]["run"] == 0 and again["stats"]["cached"] == results["stats"]["jobs"]
     assert again["points"] == results["points"] and again["summary"] == results["summary"]
 
-    # other weights: the compass and ablation jobs run again, the baselines come from the cache
+    # other weights: the compass (layer mode auto), predicted and ablation jobs run again, the baselines come from
+    # the cache
     other = tiny_scalable_weights(tmp_path / "other.pt", seed=5)
     configs = ["2L-1.6x", "3L-4.0x"]
     new = run.evaluate(crops, quick=True, model=other, single=tiny_single_weights, configs=configs,
                        cache=out / "cache", progress=False)
-    assert new["stats"]["run"] == 2 * 2 * 2 * 3  # (compass, ablation) x configs x images x q
+    assert new["stats"]["run"] == 3 * 2 * 2 * 3  # (compass, predicted, ablation) x configs x images x q
 
 
 def test_shards_split_the_jobs_and_a_plain_run_assembles_them(quick, crops, tiny_weights, tiny_single_weights,

@@ -10,6 +10,7 @@ from compass import bitstream
 from compass.api import Compass, DecodeMismatch, ModelMismatch
 from compass.errors import CompassError
 from compass.pixels import to_pixels, to_tensor
+from compass.quality import q_to_lambda
 from compass.resample import pyramid
 
 from conftest import tiny_scalable_weights
@@ -23,14 +24,19 @@ PLANS = {
 }
 
 
+@pytest.mark.parametrize("mode", ["auto", "predicted", "intra"])
 @pytest.mark.parametrize("plan", list(PLANS))
-def test_round_trip_matches_encoder_reconstruction(tiny_codec, photo_pixels, plan):
+def test_round_trip_matches_encoder_reconstruction(tiny_codec, photo_pixels, plan, mode):
     """Every layer decodes to exactly what the encoder reconstructed (so its predictions stay in sync)."""
-    data = tiny_codec.encode(photo_pixels, quality=0.7, **PLANS[plan])
+    data = tiny_codec.encode(photo_pixels, quality=0.7, layer_mode=mode, **PLANS[plan])
     header, _ = bitstream.read_header(data)
     sizes = [(l.height, l.width) for l in header.layers]
     assert sizes[-1] == photo_pixels.shape[:2]
-    _, recons = tiny_codec.model.compress(pyramid(to_tensor(photo_pixels), sizes), [l.quality for l in header.layers])
+    if mode != "auto":
+        assert [l.intra for l in header.layers[1:]] == [mode == "intra"] * (len(sizes) - 1)
+    codes, recons = tiny_codec.model.compress(pyramid(to_tensor(photo_pixels), sizes),
+                                              [l.quality for l in header.layers], mode=mode)
+    assert [c.intra for c in codes] == [l.intra for l in header.layers]
     decoded = tiny_codec.decode_all(data)
     assert len(decoded) == len(sizes)
     for k, (img, ref) in enumerate(zip(decoded, recons)):
@@ -192,3 +198,57 @@ def test_encoder_without_top_reconstruction_writes_the_same_codes(tiny_codec, ph
         assert [(c.strings, c.check) for c in lean] == [(c.strings, c.check) for c in codes]
         assert lean_recons[-1] is None
         assert all(torch.equal(a, b) for a, b in zip(lean_recons[:-1], recons[:-1]))
+
+
+def _cost(code, x_hat, target, q):
+    bpp = 8 * sum(len(s) for s in code.strings) / (target.shape[-2] * target.shape[-1])
+    return bpp + q_to_lambda(q) * 255**2 * float(((x_hat.clamp(0, 1) - target) ** 2).mean())
+
+
+def test_auto_mode_keeps_the_cheaper_of_predicted_and_intra(tiny_codec, photo_pixels):
+    """Per layer, "auto" writes exactly what "predicted" or "intra" writes, whichever costs less at the layer's
+    q; with a prediction far off the image (from a layer below 20x too contrasty) that is intra, with one from
+    the uncoded layer below the residual."""
+    m = tiny_codec.model
+    lower, target = pyramid(to_tensor(photo_pixels), tiny_codec.plan(*photo_pixels.shape[:2], layers=[0.5, 1.0]))
+    chosen = set()
+    for q in (0.1, 0.9):
+        for below in (lower * 20 - 10, lower):
+            options = {mode: m.code_layer(target, q, below, mode=mode) for mode in ("predicted", "intra")}
+            best = min(options, key=lambda mode: _cost(*options[mode], target, q))
+            code, x_hat = m.code_layer(target, q, below, mode="auto")
+            assert (code.strings, code.check, code.intra) == (options[best][0].strings, options[best][0].check,
+                                                              best == "intra")
+            assert torch.equal(x_hat, options[best][1])
+            chosen.add(best)
+    assert chosen == {"predicted", "intra"}
+
+
+def test_decoder_codes_each_layer_as_the_header_says(tiny_codec, photo_pixels):
+    """A file mixing intra and predicted layers decodes to the encoder's reconstructions; the same chunks under a
+    header that calls an intra layer predicted are refused by the symbol check, never decoded silently wrong."""
+    m = tiny_codec.model
+    plan = tiny_codec.plan(*photo_pixels.shape[:2], layers=[0.25, 0.5, 1.0])
+    layers, q = pyramid(to_tensor(photo_pixels), plan), bitstream.quantize_quality(0.6)
+    codes, recons = [], []
+    for k, mode in enumerate(["predicted", "intra", "predicted"]):
+        code, x = m.code_layer(layers[k], q, recons[-1] if k else None, mode=mode)
+        codes.append(code)
+        recons.append(x)
+    chunks = [bitstream.Chunk(c.strings, c.check) for c in codes]
+
+    def file(intra):
+        layer_infos = [bitstream.LayerInfo(h, w, q, i) for (h, w), i in zip(plan, intra)]
+        return bitstream.write(bitstream.Header(tiny_codec.name, tiny_codec.model_id, layer_infos), chunks)
+
+    data = file([True, True, False])
+    assert data[4] == 2
+    for img, ref in zip(tiny_codec.decode_all(data), recons):
+        np.testing.assert_array_equal(img, to_pixels(ref))
+    with pytest.raises(CompassError, match="^layer 1: "):
+        tiny_codec.decode(file([True, False, False]), 1)
+
+
+def test_unknown_layer_mode_is_refused(tiny_codec, photo_pixels):
+    with pytest.raises(ValueError, match="layer_mode 'never': expected one of auto, predicted, intra"):
+        tiny_codec.encode(photo_pixels, layer_mode="never")

@@ -5,8 +5,10 @@ encoder-side variants, against the single-layer codec at every layer size (docs/
     python experiments/anomalies/rd.py --images examples/kingfisher.png ...      # any images instead
     python experiments/anomalies/rd.py --models control=runs/anomalies/control/checkpoint.pt ... --variants compass
 
-Variants (all decodable by the unchanged decoder except `bicubic-dc`, an analysis predictor):
-  compass        the encoder's default: every layer at q
+Variants (all decodable by the decoder except `bicubic-dc`, an analysis predictor):
+  compass        every layer at q, every layer above the base predicted (the paper's coding)
+  auto           every layer at q, layer mode auto (the encoder's default: each layer above the base predicted or
+                 intra, whichever has the lower rate-distortion cost at q)
   lower+D        the two lower layers at q + D (clamped to [0, 1]), the top at q (per-layer q: the format allows it)
   bicubic        the evaluation's ablation row: Pillow-kernel bicubic instead of LIFF, residual codec kept
   bicubic-dc     bicubic minus the shift the residual codec adds back with every symbol zero (its output for
@@ -54,9 +56,9 @@ def zero_symbol_offset(codec, size, q, spread: bool = False) -> torch.Tensor:
 
 
 @torch.no_grad()
-def code_file(m, layers, qs, predictor=None):
-    """Code layers with per-layer qualities; predictor(prev, size, q) overrides LIFF. Returns per layer
-    (cumulative bytes, PSNR)."""
+def code_file(m, layers, qs, predictor=None, mode="predicted"):
+    """Code layers with per-layer qualities and a layer mode; predictor(prev, size, q) overrides LIFF. Returns
+    per layer (cumulative bytes, PSNR)."""
     out, prev, total = [], None, 0
     for k, (target, q) in enumerate(zip(layers, qs)):
         if k and predictor is not None:
@@ -64,7 +66,7 @@ def code_file(m, layers, qs, predictor=None):
             c = m.residual.compress(target - pred, q)
             nb, rec = sum(len(s) for s in c["strings"]), pred + c["x_hat"]
         else:
-            code, rec = m.code_layer(target, q, prev)
+            code, rec = m.code_layer(target, q, prev, mode=mode)
             nb = stages.nbytes(code)
         total += nb
         out.append((total, stages.psnr(rec, target)))
@@ -97,7 +99,8 @@ def run(paths, models, deltas, out_path, only=None):
                     offsets[key] = zero_symbol_offset(m.residual, size, q)
                 return upsample_bicubic_pil(prev, size) - offsets[key]
 
-            variants = {"compass": lambda q: code_file(m, layers, [q] * 3)}
+            variants = {"compass": lambda q: code_file(m, layers, [q] * 3),
+                        "auto": lambda q: code_file(m, layers, [q] * 3, mode="auto")}
             for d in deltas:
                 variants[f"lower{d:+}"] = lambda q, d=d: code_file(m, layers, [min(1.0, max(0.0, q + d))] * 2 + [q])
             variants["bicubic"] = lambda q: code_file(m, layers, [q] * 3, bic)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from . import DEFAULT_MODEL, DEFAULT_QUALITY, bitstream
+from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, LAYER_MODES, bitstream
 from .errors import CompassError
 from .entropy import CodingError
 from .imageio import LoadedImage, from_pil, load_image
@@ -99,7 +99,7 @@ class Compass:
     def encode(self, image, *, layers: Sequence[float] | None = None, sizes=None, scales=None,
                quality: float = DEFAULT_QUALITY, qualities: Sequence[float] | None = None,
                refine: RefineConfig | int | None = None, max_bytes: int | None = None,
-               layer_bytes: Sequence[int] | None = None) -> bytes:
+               layer_bytes: Sequence[int] | None = None, layer_mode: str = DEFAULT_LAYER_MODE) -> bytes:
         """Code `image` (path, binary file, PIL image, LoadedImage or uint8 HxWx3 array) into one file holding
         every layer (default: 0.25, 0.5, 1 of its size; the whole image for a single-layer codec).
 
@@ -109,8 +109,16 @@ class Compass:
         Byte targets instead of qualities: `max_bytes` for the whole file (the highest quality that fits, the same
         for every layer), or `layer_bytes` (one per layer) for the bytes up to the end of each layer, which is
         what a reader of that layer fetches (per layer, bottom first, the highest quality that fits). Both search
-        q on a grid of 1/256; a target that q = 0 does not meet raises SizeTargetError.
+        q on a grid of 1/256 (in layer mode auto also with every layer predicted, keeping the lower distortion);
+        a target that q = 0 does not meet raises SizeTargetError.
+        `layer_mode`, for the layers above the base: "auto" (default) codes each as a residual to the prediction
+        from the layer below or on its own with the base codec, whichever has the lower rate-distortion cost at
+        its q (both are coded: about 2.6x the encoding time, the same decoding time); "predicted" always predicts
+        (the paper's method; the files compass wrote before layer modes); "intra" never does (simulcast in one
+        file). Files with an intra layer are format version 2, others version 1.
         """
+        if layer_mode not in LAYER_MODES:
+            raise ValueError(f"layer_mode {layer_mode!r}: expected one of {', '.join(LAYER_MODES)}")
         if isinstance(refine, int) and not isinstance(refine, bool):
             refine = RefineConfig(steps=refine)
         elif not (refine is None or isinstance(refine, RefineConfig)):
@@ -133,22 +141,32 @@ class Compass:
         with _memory_error(f"not enough memory to encode {pixels.shape[1]}x{pixels.shape[0]} in {len(plan)} layers"):
             targets = pyramid(x, plan)
             if fit:
-                qs, codes = self._fit(targets, plan, max_bytes, layer_bytes, refine)
+                qs, codes = self._fit(targets, plan, max_bytes, layer_bytes, refine, layer_mode)
             else:
-                codes, _ = self.model.compress(targets, qs, reconstruct_top=False, refine=refine)
-        header = self._header(plan, qs)
+                codes, _ = self.model.compress(targets, qs, reconstruct_top=False, refine=refine, mode=layer_mode)
+        header = self._header(plan, qs, [c.intra for c in codes])
         chunks = [bitstream.Chunk(tuple(c.strings), c.check) for c in codes]
         return bitstream.write(header, chunks, self.max_pixels)
 
-    def _header(self, plan: list[tuple[int, int]], qs: Sequence[float]) -> bitstream.Header:
-        return bitstream.Header(self.name, self.model_id,
-                                tuple(bitstream.LayerInfo(h, w, q) for (h, w), q in zip(plan, qs)))
+    def _header(self, plan: list[tuple[int, int]], qs: Sequence[float], intra: Sequence[bool]) -> bitstream.Header:
+        return bitstream.Header(self.name, self.model_id, tuple(
+            bitstream.LayerInfo(h, w, q, i) for (h, w), q, i in zip(plan, qs, intra)))
 
     def _fit(self, targets: list[torch.Tensor], plan, max_bytes: int | None, layer_bytes: Sequence[int] | None,
-             refine: RefineConfig | None) -> tuple[list[float], list]:
-        """Qualities (and the codes they give) that meet a byte target; see `encode`."""
-        header_bytes = bitstream.header_bytes(self._header(plan, [0.0] * len(plan)))
+             refine: RefineConfig | None, mode: str) -> tuple[list[float], list]:
+        """Qualities (and the codes they give) that meet a byte target; see `encode`.
+
+        In layer mode auto a file's size is not monotonic in q (it jumps up where a layer turns intra), so the
+        highest q that fits can leave much of the target unused; the search is then made with every layer
+        predicted too, and the candidate with the lower distortion is kept: of the top layer for `max_bytes`, of
+        each layer for `layer_bytes`. The header is counted at its size with intra layers (1 byte per layer
+        more) unless every layer is predicted."""
         grid = [bitstream.quantize_quality(i / FIT_STEPS) for i in range(FIT_STEPS + 1)]  # as the header stores q
+        modes = ("auto", "predicted") if mode == "auto" else (mode,)
+        count = len(plan)
+
+        def header_bytes(m: str) -> int:
+            return bitstream.header_bytes(self._header(plan, [0.0] * count, [m != "predicted"] * count))
 
         def highest(size_at, cap: int, what: str):
             """The highest grid q whose size fits `cap` (bisection: size grows with q), with what it coded."""
@@ -166,25 +184,52 @@ class Compass:
                     hi = mid - 1
             return grid[best[0]], best[1][1]
 
+        def least_distortion(found: list) -> tuple:
+            """The (distortion, result) of `found` with the lowest distortion; the first error if none fits."""
+            fits = [f for f in found if not isinstance(f, SizeTargetError)]
+            if not fits:
+                raise found[0]
+            return min(fits, key=lambda f: f[0])
+
         if max_bytes is not None:
-            def whole(q):
-                codes, _ = self.model.compress(targets, [q] * len(plan), reconstruct_top=False, refine=refine)
-                return header_bytes + sum(bitstream.chunk_bytes(c.strings) for c in codes), codes
+            found = []
+            for m in modes:
+                def whole(q, m=m):
+                    codes, _ = self.model.compress(targets, [q] * count, reconstruct_top=False, refine=refine,
+                                                   mode=m)
+                    return header_bytes(m) + sum(bitstream.chunk_bytes(c.strings) for c in codes), codes
 
-            q, codes = highest(whole, int(max_bytes), "the file")
-            return [q] * len(plan), codes
+                try:
+                    q, codes = highest(whole, int(max_bytes), "the file")
+                except SizeTargetError as e:
+                    found.append(e)
+                    continue
+                top = None
+                if len(modes) > 1:  # the top layer as the decoder will have it
+                    *_, (top, _) = self.model.decompress_iter(codes, plan, [q] * count)
+                found.append((0.0 if top is None else _mse(top, targets[-1]), ([q] * count, codes)))
+            return least_distortion(found)[1]
         caps = [int(b) for b in layer_bytes]
-        if len(caps) != len(plan):
-            raise ValueError(f"{len(caps)} byte targets for {len(plan)} layers")
-        qs, codes, x_prev, used = [], [], None, header_bytes
+        if len(caps) != count:
+            raise ValueError(f"{len(caps)} byte targets for {count} layers")
+        qs, codes, x_prev, used = [], [], None, header_bytes(mode)
         for k, (target, cap) in enumerate(zip(targets, caps)):
-            def layer(q, k=k, target=target):
-                code, _ = self.model.code_layer(target, q, x_prev, False, refine)
-                return used + bitstream.chunk_bytes(code.strings), code
+            found = []
+            for m in modes:
+                def layer(q, m=m, target=target):
+                    code, _ = self.model.code_layer(target, q, x_prev, False, refine, m)
+                    return used + bitstream.chunk_bytes(code.strings), code
 
-            q, code = highest(layer, cap, f"layer {k}")
-            if k < len(plan) - 1:  # the next prediction needs this layer as the decoder will have it
-                _, x_prev = self.model.code_layer(target, q, x_prev, True, refine)
+                try:
+                    q, code = highest(layer, cap, f"layer {k}")
+                except SizeTargetError as e:
+                    found.append(e)
+                    continue
+                x = None
+                if len(modes) > 1 or k < count - 1:  # to compare, and for the next prediction
+                    code, x = self.model.code_layer(target, q, x_prev, True, refine, m)
+                found.append((0.0 if len(modes) == 1 else _mse(x, target), (q, code, x)))
+            q, code, x_prev = least_distortion(found)[1]
             qs.append(q)
             codes.append(code)
             used += bitstream.chunk_bytes(code.strings)
@@ -229,7 +274,7 @@ class Compass:
             if e.layer == 0:
                 raise
             chunks, damage = bitstream.read_chunks(data, header, offset, e.layer - 1), e
-        codes = [LayerCode(list(c.strings), c.check) for c in chunks]
+        codes = [LayerCode(list(c.strings), c.check, l.intra) for c, l in zip(chunks, header.layers)]
         decoded = self.model.decompress_iter(codes, sizes, qs)
         for j in range(len(codes)):
             if progress is not None:
@@ -275,6 +320,11 @@ def _memory_error(message: str):
         if "can't allocate memory" not in str(e):
             raise
         raise OutOfMemory(message) from None
+
+
+def _mse(x: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error of a reconstruction as the decoder outputs it (clamped to [0, 1])."""
+    return float(torch.mean((x.clamp(0, 1) - target) ** 2))
 
 
 def _layer_index(layer: int, count: int) -> int:

@@ -7,69 +7,31 @@ one-line message. Reading layer k never touches a byte after chunk k, so a prefi
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import CompassError
+from .errors import (BadMagic, BitstreamError, ChunkCRCMismatch, ChunkError, HeaderError,  # noqa: F401 (API)
+                     LayerOutOfRange, LimitExceeded, TruncatedChunk, UnsupportedVersion)
 from .fileutil import open_input, read_upto
 from .limits import MAX_LAYERS, MAX_PIXELS, check_quality, chunk_bytes_limit
 
 MAGIC = b"\x89CMP"
 SUFFIX = ".cmp"  # the file name suffix compass files go by (encode-dir writes it, serve looks for it)
-VERSION = 1
+VERSION = 2  # the newest version this module reads and writes; a writer uses the lowest that holds the file
 MODEL_ID_BYTES = 8
 QUALITY_STEPS = 65535
 MAX_STRINGS = 255
 _U32_MAX = 0xFFFFFFFF
-_LAYER = struct.Struct(">IIH")  # height, width, quality code
+_LAYERS = {1: struct.Struct(">IIH"),  # height, width, quality code
+           2: struct.Struct(">IIHB")}  # ..., mode: 0 predicted from the layer below, 1 intra (coded on its own)
 _FRAME = struct.Struct(">II")  # payload length, payload CRC32
 _PAYLOAD_HEAD = struct.Struct(">IB")  # decoder check, string count
 _U32 = struct.Struct(">I")
-HEADER_MAX_BYTES = 7 + 255 + MODEL_ID_BYTES + 1 + 255 * _LAYER.size + 4  # every length field at its largest
-
-
-class BitstreamError(CompassError):
-    """Data that is not a compass file, or one that is damaged, truncated or beyond the reader's limits."""
-
-
-class BadMagic(BitstreamError):
-    """The data does not start with the compass magic bytes."""
-
-
-class UnsupportedVersion(BitstreamError):
-    """The format version or header flags are not ones this reader knows."""
-
-
-class HeaderError(BitstreamError):
-    """The header is truncated, fails its CRC, or holds an invalid field."""
-
-
-class LimitExceeded(BitstreamError):
-    """The header declares more layers or pixels than the reader accepts; refused before anything is allocated."""
-
-
-class LayerOutOfRange(BitstreamError, ValueError):
-    """A layer was requested that the file does not hold."""
-
-
-class ChunkError(BitstreamError):
-    """Layer `layer`'s chunk is malformed (`detail` says how). Chunks of lower layers are unaffected."""
-
-    def __init__(self, layer: int, detail: str):
-        super().__init__(f"layer {layer}: {detail}")
-        self.layer = layer
-        self.detail = detail
-
-
-class TruncatedChunk(ChunkError):
-    """Layer `layer`'s chunk is missing or cut short: the file ends too early."""
-
-
-class ChunkCRCMismatch(ChunkError):
-    """Layer `layer`'s payload does not match its CRC32: the file is damaged."""
+HEADER_MAX_BYTES = 7 + 255 + MODEL_ID_BYTES + 1 + 255 * _LAYERS[VERSION].size + 4  # every field at its largest
 
 
 def _quality_code(q: float) -> int:
@@ -83,17 +45,26 @@ def quantize_quality(q: float) -> float:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One layer's size and quality. `quality` is quantized on construction, so it equals what a reader gets."""
+    """One layer's size, quality and mode. `quality` is quantized on construction, so it equals what a reader
+    gets. `intra`: the layer is coded on its own by the base codec, not as a residual to the prediction from the
+    layer below (the base layer always is; `Header` sets it there)."""
 
     height: int
     width: int
     quality: float
+    intra: bool = False
 
     def __post_init__(self):
         # plain ints: numpy/torch integers would overflow silently in height * width
         object.__setattr__(self, "height", operator.index(self.height))
         object.__setattr__(self, "width", operator.index(self.width))
         object.__setattr__(self, "quality", quantize_quality(self.quality))
+        object.__setattr__(self, "intra", bool(self.intra))
+
+    @property
+    def mode(self) -> str:
+        """"intra" or "predicted" (what `info` and `compass info` show; layer 0 is shown as "base")."""
+        return "intra" if self.intra else "predicted"
 
     @property
     def pixels(self) -> int:
@@ -110,7 +81,16 @@ class Header:
 
     def __post_init__(self):
         object.__setattr__(self, "model_id", bytes(self.model_id))
-        object.__setattr__(self, "layers", tuple(self.layers))
+        layers = tuple(self.layers)
+        if layers and not layers[0].intra:
+            layers = (dataclasses.replace(layers[0], intra=True),) + layers[1:]
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def version(self) -> int:
+        """The lowest format version that holds this header: 2 when a layer above the base is intra, else 1 (so
+        files without intra layers stay readable by version 1 readers)."""
+        return 2 if any(layer.intra for layer in self.layers[1:]) else 1
 
 
 @dataclass(frozen=True)
@@ -178,10 +158,12 @@ def _check_layer(header: Header, layer: int) -> int:
 
 def _pack_header(header: Header) -> bytes:
     name = header.model_name.encode("ascii")
+    version = header.version
     out = bytearray(MAGIC)
-    out += bytes([VERSION, 0, len(name)]) + name + header.model_id + bytes([len(header.layers)])
+    out += bytes([version, 0, len(name)]) + name + header.model_id + bytes([len(header.layers)])
     for layer in header.layers:
-        out += _LAYER.pack(layer.height, layer.width, _quality_code(layer.quality))
+        fields = (layer.height, layer.width, _quality_code(layer.quality))
+        out += _LAYERS[version].pack(*fields, *((int(layer.intra),) if version > 1 else ()))
     out += _U32.pack(zlib.crc32(out))
     return bytes(out)
 
@@ -242,9 +224,11 @@ def read_header(data, max_pixels: int = MAX_PIXELS) -> tuple[Header, int]:
             need(4)
         raise BadMagic("not a compass file (wrong magic bytes)")
     need(5)
-    if view[4] != VERSION:
-        raise UnsupportedVersion(f"format version {view[4]} is not supported (this compass reads version "
-                                 f"{VERSION}); the file is damaged or needs another compass release")
+    version = view[4]
+    if version not in _LAYERS:
+        raise UnsupportedVersion(f"format version {version} is not supported (this compass reads versions "
+                                 f"{', '.join(map(str, _LAYERS))}); the file is damaged or needs another compass "
+                                 f"release")
     need(7)
     if view[5]:
         raise UnsupportedVersion(f"unknown header flags 0x{view[5]:02x}: the file is damaged or needs a newer "
@@ -255,12 +239,17 @@ def read_header(data, max_pixels: int = MAX_PIXELS) -> tuple[Header, int]:
     model_id = bytes(view[pos:pos + MODEL_ID_BYTES])
     count = view[pos + MODEL_ID_BYTES]
     pos += MODEL_ID_BYTES + 1
-    need(pos + count * _LAYER.size + 4)
-    fields = [_LAYER.unpack_from(view, pos + k * _LAYER.size) for k in range(count)]
-    pos += count * _LAYER.size
+    entry = _LAYERS[version]
+    need(pos + count * entry.size + 4)
+    fields = [entry.unpack_from(view, pos + k * entry.size) + (0,) * (version == 1) for k in range(count)]
+    pos += count * entry.size
     if zlib.crc32(view[:pos]) != _U32.unpack_from(view, pos)[0]:
         raise HeaderError("header CRC mismatch (file damaged)")
-    header = Header(name, model_id, tuple(LayerInfo(h, w, q / QUALITY_STEPS) for h, w, q in fields))
+    for k, (*_, mode) in enumerate(fields):
+        if mode > 1 or (k == 0 and mode == 0 and version > 1):
+            raise HeaderError(f"layer {k}: mode {mode} is not valid (0 predicted, 1 intra; layer 0 is intra)")
+    header = Header(name, model_id,
+                    tuple(LayerInfo(h, w, q / QUALITY_STEPS, mode == 1) for h, w, q, mode in fields))
     _check_header(header, max_pixels)
     return header, pos + 4
 
@@ -377,7 +366,8 @@ def info(data, max_pixels: int = MAX_PIXELS) -> dict:
     header_bytes, layers, intact, lost = pos, [], True, None
     for k, layer in enumerate(header.layers):
         entry = {"layer": k, "height": layer.height, "width": layer.width, "quality": layer.quality,
-                 "chunk_bytes": None, "total_bytes": None, "bpp": None, "status": "ok"}
+                 "mode": "base" if k == 0 else layer.mode, "chunk_bytes": None, "total_bytes": None, "bpp": None,
+                 "status": "ok"}
         try:
             if lost is not None:
                 raise ChunkError(k, lost)
@@ -399,7 +389,7 @@ def info(data, max_pixels: int = MAX_PIXELS) -> dict:
         entry["decodable"] = intact
         layers.append(entry)
     complete = layers[-1]["chunk_bytes"] is not None
-    return {"format_version": VERSION, "model_name": header.model_name, "model_id": header.model_id.hex(),
+    return {"format_version": view[4], "model_name": header.model_name, "model_id": header.model_id.hex(),
             "header_bytes": header_bytes, "file_bytes": len(view),
             "trailing_bytes": len(view) - pos if complete else None, "layers": layers}
 
@@ -428,7 +418,7 @@ def layout(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Layout:
     if head[:4] == MAGIC and len(head) == 7:  # the rest of the header, in the two reads its fields size
         head += f.read(head[6] + MODEL_ID_BYTES + 1)
         if len(head) == 7 + head[6] + MODEL_ID_BYTES + 1:
-            head += f.read(head[-1] * _LAYER.size + 4)
+            head += f.read(head[-1] * _LAYERS.get(head[4], _LAYERS[1]).size + 4)
     header, pos = read_header(head, max_pixels)
     header_bytes, ends, missing = pos, [], None
     for k in range(len(header.layers)):

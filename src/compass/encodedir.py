@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import DEFAULT_MODEL, DEFAULT_QUALITY
+from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, LAYER_MODES
 from .bitstream import SUFFIX
 from .errors import CompassError
 
@@ -70,14 +70,15 @@ def _start_worker(model: str) -> None:
     _codec = Compass(model)
 
 
-def _encode_one(source: Path, out: Path, layers, widths, quality: float) -> None:
+def _encode_one(source: Path, out: Path, layers, widths, quality: float, layer_mode: str) -> None:
     from .fileutil import atomic_write_bytes
     from .imageio import load_image
     from .resample import plan_from_widths
 
     pixels = load_image(source, max_pixels=_codec.max_pixels).pixels
     sizes = plan_from_widths(*pixels.shape[:2], widths) if widths else None
-    data = _codec.encode(pixels, layers=None if widths else layers, sizes=sizes, quality=quality)
+    data = _codec.encode(pixels, layers=None if widths else layers, sizes=sizes, quality=quality,
+                         layer_mode=layer_mode)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
 
@@ -85,10 +86,11 @@ def _encode_one(source: Path, out: Path, layers, widths, quality: float) -> None
 def encode_dir(src: str | os.PathLike, dst: str | os.PathLike, *, layers: Sequence[float] | None = None,
                widths: Sequence[int] | None = None, quality: float = DEFAULT_QUALITY, model: str = DEFAULT_MODEL,
                jobs: int | None = None, force: bool = False, progress: bool = True,
-               report: Callable[[str], None] | None = None) -> Report:
+               report: Callable[[str], None] | None = None, layer_mode: str = DEFAULT_LAYER_MODE) -> Report:
     """Encode every image below `src` into `dst` (see the module doc). `layers`: fractions of each image's size
     (default 0.25, 0.5, 1); `widths`: layer widths in pixels instead, heights following the aspect ratio, the
     image itself the top layer (`plan_from_widths`). `jobs`: worker processes (default: one per core).
+    `layer_mode`: as `Compass.encode`'s ("predicted" encodes in about 40% of the default's time).
     Each failure is passed to `report` (one line naming the source) as it happens, and returned."""
     from .weights import resolve
 
@@ -98,6 +100,8 @@ def encode_dir(src: str | os.PathLike, dst: str | os.PathLike, *, layers: Sequen
     if layers is not None and widths is not None:
         raise ValueError("give layers or widths, not both")
     resolve(model)  # an unknown model is one error now, not one per image from the workers
+    if layer_mode not in LAYER_MODES:
+        raise ValueError(f"layer_mode {layer_mode!r}: expected one of {', '.join(LAYER_MODES)}")
     report = report or (lambda message: None)
     todo, fresh, refused = plan(src, dst, force)
     result = Report(skipped=fresh, failed=list(refused))
@@ -108,7 +112,7 @@ def encode_dir(src: str | os.PathLike, dst: str | os.PathLike, *, layers: Sequen
     workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                              initargs=(model,)) as pool:
-        futures = {pool.submit(_encode_one, s, o, layers, widths, quality): s for s, o in todo}
+        futures = {pool.submit(_encode_one, s, o, layers, widths, quality, layer_mode): s for s, o in todo}
         bar = tqdm(total=len(todo), unit="image", disable=not progress, desc="encode-dir")
         for future in as_completed(futures):
             source = futures[future]

@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--single", default=DEFAULT_SINGLE,
                    help="single-layer model for simulcast and single-layer: registered name or weights file")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help="baselines to run (compass always runs): ablation simulcast single jpeg2000 "
+                   help="baselines to run (compass always runs): predicted ablation simulcast single jpeg2000 "
                         "jpeg2000-simulcast hevc-simulcast hevc-single (default: all; none: compass alone, "
                         "e.g. to compare two models with compass.evaluate.compare)")
     p.add_argument("--images", type=int, help=f"first N images (default: all; {QUICK_IMAGES} with --quick)")

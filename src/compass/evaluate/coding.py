@@ -70,13 +70,14 @@ def _layer(ref: np.ndarray, decoded: np.ndarray, num_bytes: int, noheader: int, 
 
 
 
-def scalable_job(codec: Compass, image: EvalImage, plan, q: float):
-    """One compass file of every layer of `plan`, each layer decoded from it and scored."""
-    data = codec.encode(image.pixels, sizes=plan, quality=q)
+def scalable_job(codec: Compass, image: EvalImage, plan, q: float, layer_mode: str):
+    """One compass file of every layer of `plan` (layers above the base coded by `layer_mode`), each layer decoded
+    from it and scored; each layer's record says how it was coded."""
+    data = codec.encode(image.pixels, sizes=plan, quality=q, layer_mode=layer_mode)
     meta = bitstream.info(data)
     decoded = codec.decode_all(data)
-    layers = [_layer(image.target(size), img, m["total_bytes"], m["total_bytes"] - meta["header_bytes"])
-              for size, img, m in zip(plan, decoded, meta["layers"])]
+    layers = [_layer(image.target(size), img, m["total_bytes"], m["total_bytes"] - meta["header_bytes"],
+                     mode=m["mode"]) for size, img, m in zip(plan, decoded, meta["layers"])]
     return {"layers": layers, "header_bytes": meta["header_bytes"]}, decoded
 
 

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 
 _STYLE = {"compass": {"color": "C3", "lw": 2.4, "marker": "o"}, "ablation": {"color": "C3", "ls": "--", "marker": "x"},
+          "predicted": {"color": "C3", "ls": ":", "marker": "."},
           "simulcast": {"color": "C0", "marker": "s"}, "single": {"color": "C0", "ls": ":", "marker": "^"},
           "jpeg2000": {"color": "C2", "marker": "D"}, "jpeg2000-simulcast": {"color": "C2", "ls": "--", "marker": "d"},
           "hevc-simulcast": {"color": "C1", "marker": "v"}, "hevc-single": {"color": "C1", "ls": ":", "marker": "<"}}

@@ -24,7 +24,7 @@ PAPER_BD = {
 # Our row printed just above each paper row, and the order of the table (the paper's, then what it lacks).
 ROWS = (("hevc-simulcast", "SHVC"), ("simulcast", "Simulcast (Mean-Scale)"), ("jpeg2000-simulcast", None),
         ("jpeg2000", None), (None, "Mei et al. (original)"), (None, "Mei et al. (enhanced)"),
-        ("single", "Single-layer (Mean-Scale)"), ("hevc-single", None), ("ablation", None))
+        ("single", "Single-layer (Mean-Scale)"), ("hevc-single", None), ("predicted", None), ("ablation", None))
 
 
 def _clean(v):
@@ -139,6 +139,24 @@ def _j2k_lowpass_note(results: dict) -> str:
             f"their own low-pass{vs}.")
 
 
+def _modes_note(results: dict) -> str:
+    """How COMPASS's files coded the layers above the base (layer mode auto), overall and per q; "" for
+    evaluations whose files do not record modes (every layer predicted, before layer modes)."""
+    by_q: dict[float, list[bool]] = {}
+    for p in results["points"]:
+        if p["method"] == "compass":
+            modes = [l.get("mode") for l in p["layers"][1:]]
+            if any(m is not None for m in modes):
+                by_q.setdefault(p["param"], []).extend(m == "intra" for m in modes)
+    if not by_q:
+        return ""
+    share = lambda flags: f"{100 * sum(flags) / len(flags):.0f}%"  # noqa: E731
+    every = [f for flags in by_q.values() for f in flags]
+    return ("COMPASS's layer mode (`auto`, `compass encode`'s default) coded " + share(every) + " of the layers "
+            "above the base intra (by q: " + ", ".join(f"{q:g}: {share(f)}" for q, f in sorted(by_q.items()))
+            + "), the rest predicted; the row \"every layer predicted\" is the paper's coding of the same model.")
+
+
 def report_markdown(results: dict, visual: bool) -> str:
     setup, stats = results["setup"], results["stats"]
     names = [im["name"] for im in setup["images"]]
@@ -179,8 +197,10 @@ def report_markdown(results: dict, visual: bool) -> str:
         "`plan_from_scales` (rounded from the top down).",
         "| config | layer sizes (W x H), base first |\n|---|---|\n" + sizes,
         "Rate points:\n" + sweeps,
+        *filter(None, [_modes_note(results)]),
         "Bytes counted, headers included, accumulated over layers 0..k:\n"
-        "- COMPASS and the ablation: the real file prefix a decoder needs for layer k, the compass header plus "
+        "- COMPASS" + (", COMPASS with every layer predicted" if "predicted" in setup["methods"] else "")
+        + " and the ablation: the real file prefix a decoder needs for layer k, the compass header plus "
         "chunks 0..k (`bitstream.info`).\n"
         "- Simulcast and single-layer (neural): one real 1-layer compass file per layer (header with the "
         "single-layer model's name and id, chunk framing, entropy-coded strings), written and read back with "

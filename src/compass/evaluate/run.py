@@ -6,9 +6,12 @@ The top layer is the image itself; each lower layer is the image downscaled by `
 `plan_from_scales` (sizes are rounded from the top down, so the base may be 1 px off round(H / T)).
 
 Methods (rate parameter in brackets), all scored against the same uint8 layer targets unless said otherwise:
-  compass             the scalable model; one file, every layer decoded from it [q]
-  ablation            the same weights with bicubic instead of LIFF predictions [q]; its residual codec was
-                      trained on LIFF residuals, so this is a lower bound on a bicubic-trained system
+  compass             the scalable model as `compass encode` codes by default (layer mode auto: each layer above
+                      the base predicted, or intra where that costs less); one file, every layer decoded from it [q]
+  predicted           the same model with every layer above the base predicted: the paper's coding [q]
+  ablation            the same weights with bicubic instead of LIFF predictions, every layer predicted [q]; its
+                      residual codec was trained on LIFF residuals, so this is a lower bound on a bicubic-trained
+                      system
   simulcast           every layer coded alone by the single-layer codec, each as a 1-layer compass file [q]
   single              the top layer alone, single-layer codec [q]
   jpeg2000            JPEG 2000's own dyadic resolution scalability, dyadic configurations only [bpp of the
@@ -18,7 +21,8 @@ Methods (rate parameter in brackets), all scored against the same uint8 layer ta
   hevc-single         the top layer alone by HEVC intra 4:4:4 [qp]
 
 Bytes ("bytes", headers included, accumulated over layers 0..k; bpp over layer k's pixels):
-  compass, ablation   the real file prefix a decoder needs for layer k: header + chunks 0..k (`bitstream.info`)
+  compass, predicted, ablation
+                      the real file prefix a decoder needs for layer k: header + chunks 0..k (`bitstream.info`)
   simulcast, single   the sum of real 1-layer compass files (header, chunk framing, strings; written and read
                       back with `bitstream`, decoded from what was read)
   jpeg2000            the raw J2K codestream prefix for that resolution (measured, no JP2 boxes)
@@ -89,12 +93,15 @@ class Method:
     label: str
     codec: str  # "compass", "neural" (the single-layer model), or a BASELINES name
     kind: str  # "scalable" (one job, all layers), "simulcast", "single" (top layer only) or "levels"
+    layer_mode: str = "predicted"  # scalable methods: how layers above the base are coded (`Compass.encode`)
+    predictor: str = "liff"  # scalable methods: "liff", or "bicubic" for the ablation
 
 
 METHODS = {m.name: m for m in (
-    Method("compass", "COMPASS", "compass", "scalable"),
+    Method("compass", "COMPASS", "compass", "scalable", layer_mode="auto"),
+    Method("predicted", "COMPASS, every layer predicted (the paper's coding)", "compass", "scalable"),
     Method("ablation", "COMPASS with LIFF swapped for bicubic, residual codec kept (not the paper's ablation)",
-           "compass", "scalable"),
+           "compass", "scalable", predictor="bicubic"),
     Method("simulcast", "Simulcast (single-layer codec)", "neural", "simulcast"),
     Method("single", "Single-layer (single-layer codec)", "neural", "single"),
     Method("jpeg2000", "JPEG 2000, own resolution scalability", "jpeg2000", "levels"),
@@ -141,8 +148,8 @@ class _Context:
         obj, digest = _load(model, "scalable")
         self.models["compass"] = _describe(obj, model, digest)
         for m in methods:
-            if m.name in ("compass", "ablation"):
-                self.codecs[m.name] = Compass(model, predictor="liff" if m.name == "compass" else "bicubic")
+            if m.kind == "scalable" and m.predictor not in self.codecs:
+                self.codecs[m.predictor] = Compass(model, predictor=m.predictor)
         self.single = None
         if any(m.codec == "neural" for m in methods):
             obj, digest = _load(single, "single-layer")
@@ -158,9 +165,11 @@ class _Context:
     def jobs(self, method: Method, image: EvalImage, plan, param) -> list[_Job]:
         key = dict(self.keys[method.codec], image=image.sha256, param=param)
         if method.kind == "scalable":
-            codec = self.codecs[method.name]
-            return [_Job(dict(key, job="scalable", predictor=method.name, sizes=plan),
-                         lambda: scalable_job(codec, image, plan, param))]
+            codec, mode = self.codecs[method.predictor], method.layer_mode
+            # keys of every-layer-predicted files keep their first form (the files did not change)
+            key = dict(key, job="scalable", predictor="compass" if method.predictor == "liff" else "ablation",
+                       sizes=plan, **({} if mode == "predicted" else {"layer_mode": mode}))
+            return [_Job(key, lambda: scalable_job(codec, image, plan, param, mode))]
         if method.kind == "levels":
             return [_Job(dict(key, job="jpeg2000-levels", sizes=plan), lambda: levels_job(image, plan, param))]
         sizes = plan[-1:] if method.kind == "single" else plan

@@ -16,10 +16,10 @@ def _latent(height: int, width: int) -> tuple[int, int]:
 
 def _decodable_as(chunk: bytes, k: int, s: Sample, corpus: list[Sample]) -> bool:
     """Whether `chunk`, found at layer k of a file with `s`'s header, is another layer's valid chunk whose symbols
-    decode there unchanged: same model, base codec or residual codec alike, same latent shape. The decoder check
-    cannot object to it, so the layer decodes (to another image)."""
+    decode there unchanged: same model, base codec (layer 0 or intra) or residual codec alike, same latent
+    shape. The decoder check cannot object to it, so the layer decodes (to another image)."""
     return chunk != s.chunks[k] and any(
-        d.model == s.model and c == chunk and (i == 0) == (k == 0)
+        d.model == s.model and c == chunk and d.intra[i] == (k < len(s.intra) and s.intra[k])
         and _latent(*d.layers[i][:2]) == _latent(*s.layers[k][:2])
         for d in corpus for i, c in enumerate(d.chunks))
 
@@ -56,7 +56,7 @@ def _header_fields(rng, s: Sample, corpus):
         mid = rng.randbytes(8)
         expect = ("ModelMismatch",)
     elif kind == "version":
-        kw["version"] = rng.choice([0, 2, 255])
+        kw["version"] = rng.choice([0, 3, 255])
         expect = ("UnsupportedVersion",)
     elif kind == "flags":
         kw["flags"] = 1 << rng.randrange(8)
@@ -79,7 +79,8 @@ def _header_fields(rng, s: Sample, corpus):
         else:
             layers[k] = (layers[-1][0] + 1, layers[-1][1], q) if k + 1 < len(layers) else (h, layers[0][1] - 1, q)
         expect = ("HeaderError",)
-    return dict(variant=kind, data=raw_header(name, mid, layers, **kw) + body, same=same, expect=expect)
+    return dict(variant=kind, data=raw_header(name, mid, layers, intra=s.intra, **kw) + body, same=same,
+                expect=expect)
 
 
 def _limits(rng, s: Sample, corpus):
@@ -100,7 +101,8 @@ def _limits(rng, s: Sample, corpus):
     else:
         top = layers[-1]
         layers += [top] * (rng.randint(limits.MAX_LAYERS + 1, 255) - len(layers))
-    return dict(variant=kind, data=raw_header(s.name, s.model_id, layers) + body, expect=("LimitExceeded",),
+    return dict(variant=kind, data=raw_header(s.name, s.model_id, layers, intra=s.intra) + body,
+                expect=("LimitExceeded",),
                 max_pixels=max_pixels, traced=True)
 
 
@@ -114,7 +116,7 @@ def _bomb(rng, s: Sample, corpus):
     grown = [(max(h, side), FUZZ_MAX_PIXELS // max(h, side), q) for h, _, q in s.layers[-1:]]
     layers = s.layers[:-1] + grown if rng.random() < 0.5 else grown * len(s.layers)
     return dict(variant=f"grown to {layers[-1][1]}x{layers[-1][0]}", same=False, expect=("error", "differs"),
-                data=raw_header(s.name, s.model_id, layers) + b"".join(s.chunks))
+                data=raw_header(s.name, s.model_id, layers, intra=s.intra) + b"".join(s.chunks))
 
 
 def _layer_count(rng, s: Sample, corpus):
@@ -124,15 +126,17 @@ def _layer_count(rng, s: Sample, corpus):
     body = b"".join(s.chunks)
     if kind == "fewer" and len(layers) > 1:
         n = rng.randrange(1, len(layers))
-        return dict(variant=kind, data=raw_header(s.name, s.model_id, layers[:n]) + body, expect=("identical",))
+        return dict(variant=kind, data=raw_header(s.name, s.model_id, layers[:n], intra=s.intra) + body,
+                    expect=("identical",))
     if kind in ("fewer", "more"):
         extra = [layers[-1]] * rng.randint(1, limits.MAX_LAYERS - len(layers))
-        return dict(variant="more", data=raw_header(s.name, s.model_id, layers + extra) + body,
+        return dict(variant="more", data=raw_header(s.name, s.model_id, layers + extra, intra=s.intra) + body,
                     expect=("TruncatedChunk",))
     if kind == "zero":
         return dict(variant=kind, data=raw_header(s.name, s.model_id, []) + body, expect=("HeaderError",))
     count = rng.choice([c for c in range(256) if c != len(layers)])
-    return dict(variant=kind, data=raw_header(s.name, s.model_id, layers, count=count) + body, expect=("error",))
+    return dict(variant=kind, data=raw_header(s.name, s.model_id, layers, count=count, intra=s.intra) + body,
+                expect=("error",))
 
 
 def _chunks(rng, s: Sample, corpus):
@@ -228,7 +232,7 @@ def _model(rng, s: Sample, corpus):
     other = rng.choice([d for d in corpus if d.model != s.model])
     if rng.random() < 0.6:
         return dict(variant="other model's file", data=other.data, base=None, expect=("ModelMismatch",))
-    data = raw_header(s.name, s.model_id, other.layers) + b"".join(other.chunks)
+    data = raw_header(s.name, s.model_id, other.layers, intra=other.intra) + b"".join(other.chunks)
     return dict(variant="disguised as ours", data=data, base=None, same=False, expect=("error",))
 
 

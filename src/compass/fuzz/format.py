@@ -12,12 +12,15 @@ from .. import bitstream
 FUZZ_MAX_PIXELS = 1 << 16  # the decoder's pixel limit in the fuzz cases: a within-limit decode stays fast
 TINY = "tiny"
 CORPUS = [  # (height, width, image seed, encode options); the first file is cut at every byte
-    (24, 32, 1, {"layers": (0.5, 1), "quality": 0.7}),
-    (24, 32, 2, {"layers": (0.5, 1), "quality": 0.7}),  # the first's header: its chunks can be spliced in
-    (40, 56, 3, {"layers": (0.25, 0.5, 1), "quality": 0.3}),
+    (24, 32, 1, {"layers": (0.5, 1), "quality": 0.7, "layer_mode": "predicted"}),
+    (24, 32, 2, {"layers": (0.5, 1), "quality": 0.7, "layer_mode": "predicted"}),  # the first's header: its
+    # chunks can be spliced in
+    (40, 56, 3, {"layers": (0.25, 0.5, 1), "quality": 0.3, "layer_mode": "predicted"}),
     (12, 16, 4, {"layers": (1,), "quality": 1.0}),
-    (33, 21, 5, {"layers": (0.4, 0.7, 1), "qualities": (0.2, 0.5, 0.9)}),
-    (256, 256, None, {"layers": (1, 1), "quality": 0.5}),  # flat, two layers at the pixel limit: for "bomb" only
+    (33, 21, 5, {"layers": (0.4, 0.7, 1), "qualities": (0.2, 0.5, 0.9), "layer_mode": "predicted"}),
+    (40, 56, 6, {"layers": (0.25, 0.5, 1), "quality": 0.6, "layer_mode": "intra"}),  # version 2
+    (256, 256, None, {"layers": (1, 1), "quality": 0.5, "layer_mode": "predicted"}),  # flat, two layers at the
+    # pixel limit: for "bomb" only
 ]
 FAILURES = ("crash", "hang", "died", "memory")
 
@@ -60,6 +63,7 @@ class Sample:
     name: bytes
     model_id: bytes
     layers: list[tuple[int, int, int]]  # (height, width, quality code)
+    intra: tuple[bool, ...]  # per layer: coded by the base codec (layer 0, and intra layers above it)
 
     @property
     def big(self) -> bool:
@@ -77,16 +81,21 @@ def split(model: int, data: bytes) -> Sample:
         pos = end
     layers = [(l.height, l.width, round(l.quality * bitstream.QUALITY_STEPS)) for l in header.layers]
     return Sample(model, data, data[:len(data) - sum(map(len, chunks))], chunks, header.model_name.encode(),
-                  header.model_id, layers)
+                  header.model_id, layers, tuple(l.intra for l in header.layers))
 
 
-def raw_header(name: bytes, model_id: bytes, layers, count: int | None = None, version: int = 1,
-               flags: int = 0) -> bytes:
-    """Header bytes with a valid CRC around any field values (`count` defaults to the number of layers)."""
+def raw_header(name: bytes, model_id: bytes, layers, count: int | None = None, version: int | None = None,
+               flags: int = 0, intra=()) -> bytes:
+    """Header bytes with a valid CRC around any field values (`count` defaults to the number of layers). `intra`:
+    per layer (missing ones predicted); the version is 2, with a mode byte per layer, when a layer above the base
+    is intra, else 1; a `version` given is written as it is, with version 2's layout only for 2."""
+    modes = [int(k == 0 or (k < len(intra) and bool(intra[k]))) for k in range(len(layers))]
+    if version is None:
+        version = 2 if any(modes[1:]) else 1
     out = bytearray(bitstream.MAGIC) + bytes([version, flags, len(name) & 0xFF]) + name + model_id
     out += bytes([len(layers) if count is None else count])
-    for h, w, q in layers:
-        out += struct.pack(">IIH", h, w, q)
+    for (h, w, q), mode in zip(layers, modes):
+        out += struct.pack(">IIH", h, w, q) + (bytes([mode]) if version == 2 else b"")
     return bytes(out + struct.pack(">I", zlib.crc32(out)))
 
 

@@ -215,7 +215,7 @@ def _seeds_of(model: int, small_data: bytes, three_data: bytes) -> tuple[dict, .
         _command("info of a 4 GiB chunk length", ["info", "{in}"], small.head + struct.pack(">II", 2**32 - 1, 0)
                  + bytes(20), (0,), checks=[("lines", 2)]),
         _command("info of 16 layers with 3 chunks", ["info", "{in}"],
-                 raw_header(three.name, three.model_id, three.layers + three.layers[-1:] * 13) + rest, (0,),
+                 raw_header(three.name, three.model_id, three.layers + three.layers[-1:] * 13, intra=three.intra) + rest, (0,),
                  checks=[("lines", 16)]),
         # 3: endless or huge inputs
         _command("info of /dev/zero", ["info", "{in}"], input="link:/dev/zero"),
@@ -259,7 +259,7 @@ def _seeds_of(model: int, small_data: bytes, three_data: bytes) -> tuple[dict, .
                  checks=[("stderr", "layer 1: "), ("equals", "out.png", None)]),
         # 12: a small file declaring 8192x8192 (a PNG declaring it: tests/test_cli.py)
         _command("decode of a file declaring 8192x8192", ["decode", "{in}", "-o", "out.png", "--weights", "{w}"],
-                 raw_header(small.name, small.model_id, small.layers[:1] + [(8192, 8192, 0)]) + b"".join(small.chunks),
+                 raw_header(small.name, small.model_id, small.layers[:1] + [(8192, 8192, 0)], intra=small.intra) + b"".join(small.chunks),
                  checks=[("stderr", "over the limit"), ("equals", "out.png", None)]),
         # 13: a temporary file left by a killed writer
         _command("extract beside stale temporary files", ["extract", "{in}", "--layer", "1", "-o", "out.cmp"],

@@ -48,7 +48,7 @@ def _forge(codec, data: bytes) -> bytes:
 
     header, offset = bitstream.read_header(data, codec.max_pixels)
     chunks = bitstream.read_chunks(data, header, offset, len(header.layers) - 1)
-    codes = [LayerCode(list(c.strings), c.check) for c in chunks]
+    codes = [LayerCode(list(c.strings), c.check, l.intra) for c, l in zip(chunks, header.layers)]
     sizes, qs = [(l.height, l.width) for l in header.layers], [l.quality for l in header.layers]
     checks = [c.check for c in chunks]
     try:

@@ -10,8 +10,7 @@ __version__ = "0.1.0"
 DEFAULT_MODEL = "compass-cpu-mini"  # the shipped models used when none is named (constants here: no torch import)
 DEFAULT_SINGLE = "compass-cpu-single"
 DEFAULT_QUALITY = 0.5  # q of every layer when none is given
-LAYER_MODES = ("auto", "predicted", "intra")  # how layers above the base are coded (ScalableCodec.code_layer)
-DEFAULT_LAYER_MODE = "auto"
+DEFAULT_LAYER_MODE = "auto"  # one of limits.LAYER_MODES
 
 _LAZY = {"Compass": "api", "decode": "api", "encode": "api", "extract": "bitstream", "info": "bitstream"}
 

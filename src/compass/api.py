@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, LAYER_MODES, bitstream
+from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, bitstream
 from .errors import CompassError
 from .entropy import CodingError
 from .imageio import LoadedImage, from_pil, load_image
-from .limits import MAX_PIXELS
-from .pixels import all_finite, to_pixels, to_tensor
+from .limits import MAX_PIXELS, check_layer_mode
+from .pixels import all_finite, output_mse, to_pixels, to_tensor
 from .refine import RefineConfig
 from .resample import check_plan, plan_from_fractions, plan_from_scales, pyramid
 from .scalable import LayerCode
@@ -117,8 +117,7 @@ class Compass:
         (the paper's method; the files compass wrote before layer modes); "intra" never does (simulcast in one
         file). Files with an intra layer are format version 2, others version 1.
         """
-        if layer_mode not in LAYER_MODES:
-            raise ValueError(f"layer_mode {layer_mode!r}: expected one of {', '.join(LAYER_MODES)}")
+        check_layer_mode(layer_mode)
         if isinstance(refine, int) and not isinstance(refine, bool):
             refine = RefineConfig(steps=refine)
         elif not (refine is None or isinstance(refine, RefineConfig)):
@@ -194,10 +193,10 @@ class Compass:
         if max_bytes is not None:
             found = []
             for m in modes:
-                def whole(q, m=m):
+                def whole(q, m=m, head=header_bytes(m)):
                     codes, _ = self.model.compress(targets, [q] * count, reconstruct_top=False, refine=refine,
                                                    mode=m)
-                    return header_bytes(m) + sum(bitstream.chunk_bytes(c.strings) for c in codes), codes
+                    return head + sum(bitstream.chunk_bytes(c.strings) for c in codes), codes
 
                 try:
                     q, codes = highest(whole, int(max_bytes), "the file")
@@ -207,7 +206,7 @@ class Compass:
                 top = None
                 if len(modes) > 1:  # the top layer as the decoder will have it
                     *_, (top, _) = self.model.decompress_iter(codes, plan, [q] * count)
-                found.append((0.0 if top is None else _mse(top, targets[-1]), ([q] * count, codes)))
+                found.append((0.0 if top is None else output_mse(top, targets[-1]), ([q] * count, codes)))
             return least_distortion(found)[1]
         caps = [int(b) for b in layer_bytes]
         if len(caps) != count:
@@ -228,7 +227,7 @@ class Compass:
                 x = None
                 if len(modes) > 1 or k < count - 1:  # to compare, and for the next prediction
                     code, x = self.model.code_layer(target, q, x_prev, True, refine, m)
-                found.append((0.0 if len(modes) == 1 else _mse(x, target), (q, code, x)))
+                found.append((0.0 if len(modes) == 1 else output_mse(x, target), (q, code, x)))
             q, code, x_prev = least_distortion(found)[1]
             qs.append(q)
             codes.append(code)
@@ -320,11 +319,6 @@ def _memory_error(message: str):
         if "can't allocate memory" not in str(e):
             raise
         raise OutOfMemory(message) from None
-
-
-def _mse(x: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean squared error of a reconstruction as the decoder outputs it (clamped to [0, 1])."""
-    return float(torch.mean((x.clamp(0, 1) - target) ** 2))
 
 
 def _layer_index(layer: int, count: int) -> int:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, LAYER_MODES, argtypes, bench, evaluate, fuzz, limits
+from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, argtypes, bench, evaluate, fuzz, limits
 from .errors import CompassError
 
 
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         max_pixels(sp, limits.CLI_MAX_PIXELS, "4096x4096, about a minute of CPU and 1.6 GB per layer")
 
     def layer_mode(sp):
-        sp.add_argument("--layer-mode", choices=LAYER_MODES, default=DEFAULT_LAYER_MODE,
+        sp.add_argument("--layer-mode", choices=limits.LAYER_MODES, default=DEFAULT_LAYER_MODE,
                         help="layers above the base: auto (each predicted from the layer below or coded on its own, "
                              "whichever costs less at its q; default), predicted (always: the paper's method, about "
                              "40%% of auto's encoding time), intra (never: simulcast in one file)")

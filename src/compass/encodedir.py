@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY, LAYER_MODES
+from . import DEFAULT_LAYER_MODE, DEFAULT_MODEL, DEFAULT_QUALITY
 from .bitstream import SUFFIX
 from .errors import CompassError
+from .limits import check_layer_mode
 
 
 @dataclass
@@ -100,8 +101,7 @@ def encode_dir(src: str | os.PathLike, dst: str | os.PathLike, *, layers: Sequen
     if layers is not None and widths is not None:
         raise ValueError("give layers or widths, not both")
     resolve(model)  # an unknown model is one error now, not one per image from the workers
-    if layer_mode not in LAYER_MODES:
-        raise ValueError(f"layer_mode {layer_mode!r}: expected one of {', '.join(LAYER_MODES)}")
+    check_layer_mode(layer_mode)
     report = report or (lambda message: None)
     todo, fresh, refused = plan(src, dst, force)
     result = Report(skipped=fresh, failed=list(refused))

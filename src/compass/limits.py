@@ -1,5 +1,5 @@
 """Every limit compass puts on untrusted input, in one place (torch-free: the CLI, `bitstream`, `imageio` and
-`fuzz` read it), and the one check of a quality.
+`fuzz` read it), and the one check of a quality and of a layer mode.
 
 Two pixel limits, on purpose: `MAX_PIXELS` is what the library accepts by default (`Compass`, every `bitstream`
 reader, `load_image`; a caller may pass another), `CLI_MAX_PIXELS` the tighter default of `compass encode` and
@@ -28,6 +28,17 @@ STALE_TEMP_SECONDS = 600  # an output's temporary file untouched this long belon
 MODEL_CONFIG_MAX = {"N": 512, "M": 512, "levels": 64, "feat": 256, "growth": 128, "blocks": 8, "convs": 8,
                     "hidden": 1024}
 MAX_HIDDEN_LAYERS = 8
+
+
+LAYER_MODES = ("auto", "predicted", "intra")  # how layers above the base are coded (ScalableCodec.code_layer)
+
+
+def check_layer_mode(mode: str) -> str:
+    """`mode`, or ValueError when it is not one of LAYER_MODES: the one check, for the codec, the API and
+    encode-dir (which checks before it starts its workers)."""
+    if mode not in LAYER_MODES:
+        raise ValueError(f"layer_mode {mode!r}: expected one of {', '.join(LAYER_MODES)}")
+    return mode
 
 
 def check_quality(q: float) -> float:

@@ -32,6 +32,12 @@ def to_pixels(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
+def output_mse(x_hat: torch.Tensor, target: torch.Tensor) -> float:
+    """MSE of a reconstruction as a decoder outputs it (clamped to [0, 1]; the 8-bit rounding left out): what the
+    encoder's choices between codings (layer modes, byte targets) weigh."""
+    return float(torch.mean((x_hat.clamp(0, 1) - target) ** 2))
+
+
 def all_finite(x: torch.Tensor) -> bool:
     """Whether every value is finite, in one pass and without a mask of the image's size (aminmax propagates NaN)."""
     lo, hi = torch.aminmax(x)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import LAYER_MODES
 from .codec import MeanScaleHyperprior
 from .liff import LIFF
+from .limits import check_layer_mode
+from .pixels import output_mse
 from .quality import rd_cost
 from .refine import RefineConfig, compress_refined
 from .resample import upsample_bicubic
@@ -108,8 +109,7 @@ class ScalableCodec(nn.Module):
         own with the base codec ("intra"), or whichever of the two has the lower `rd_cost` at q ("auto": both are
         coded, so about twice the work). Returns its code and reconstruction (None when not `reconstruct`).
         What `compress` does per layer, callable alone to try qualities for one layer."""
-        if mode not in LAYER_MODES:
-            raise ValueError(f"layer mode {mode!r}: expected one of {', '.join(LAYER_MODES)}")
+        check_layer_mode(mode)
         if x_prev is not None and self.residual is None:
             raise ValueError("a single-layer codec codes one layer only")
         if x_prev is None or mode == "intra":
@@ -132,7 +132,7 @@ class ScalableCodec(nn.Module):
     def _cost(strings: list[bytes], x_hat: torch.Tensor, target: torch.Tensor, q: float, lambdas) -> float:
         """The layer's rate-distortion cost as the decoder will see it (output clamped to [0, 1])."""
         bpp = 8 * sum(len(s) for s in strings) / (target.shape[-2] * target.shape[-1])
-        return float(rd_cost(bpp, torch.mean((x_hat.clamp(0, 1) - target) ** 2), q, lambdas))
+        return float(rd_cost(bpp, output_mse(x_hat, target), q, lambdas))
 
     @staticmethod
     def _compress(codec: MeanScaleHyperprior, x: torch.Tensor, q: float, reconstruct: bool,
